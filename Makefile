@@ -1,0 +1,29 @@
+# deepmmsearch — every target installs what it needs into .venv first.
+#   make test    the whole test suite (unit + integration against real servers on loopback)
+#   make lint    ruff
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DMMS := $(VENV)/bin/dmms
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint
+
+install: $(STAMP)
+
+# torch first and pinned (FACTS.md: the 2.14.1 CUDA build runs on CPU and matches torchvision),
+# then the package with its dev extra under the constraints file (the resolved, tested versions).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check components pipelines tests bench

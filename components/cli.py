@@ -1,0 +1,50 @@
+"""``dmms``: the one command line in front of every step.
+
+Each step's core lives in ``components/<step>/``; its CLI is a small typer app in
+``components/<step>/cli.py`` registered here, so ``dmms --help`` lists everything.
+
+    dmms config show            resolved settings, secrets masked
+    dmms tiny-model --out DIR   build the tiny random Qwen2.5-VL
+
+Settings errors exit with code 2 and a message naming the variable to change.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from components.common.logging import setup_logging
+from components.common.settings import SettingsError, dump_yaml, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
+config_app = typer.Typer(no_args_is_help=True, help="Inspect settings.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the resolved settings as YAML (secrets masked)."""
+    typer.echo(dump_yaml(load_settings()), nl=False)
+
+
+def _register() -> None:
+    """Attach the steps' own typer apps (each module defines ``register(app)``)."""
+    from components.agent import cli as agent_cli
+
+    agent_cli.register(app)
+
+
+def main() -> None:
+    setup_logging()
+    try:
+        _register()
+        app()
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""One validated settings tree for every step of deepmmsearch.
+
+Why: datagen, SFT, GRPO, evaluation, the tool-server and the pipelines all need the same knobs
+(where the object store is, where MLflow is, how to reach the tools, which model). They read them
+from ONE pydantic-settings tree, so a value is declared, documented and validated once.
+
+Where values come from, strongest first:
+  1. keyword arguments to ``load_settings(...)`` (the CLI's flags),
+  2. ``DMMS_*`` environment variables, nested with ``__`` (``DMMS_TOOLS__PORT=8081``),
+  3. a ``.env`` file in the working directory,
+  4. a YAML file named by ``DMMS_CONFIG`` (the user's own profile file),
+  5. the packaged profile YAML (``profiles/tiny.yaml`` or ``profiles/paper.yaml``) chosen by
+     ``profile`` (``DMMS_PROFILE``; default ``tiny``),
+  6. the defaults declared here.
+
+Errors are raised as :class:`SettingsError`, whose message names the environment variable to
+change. Secrets are ``SecretStr``: they print as ``**********`` and ``public_dict()`` masks them,
+so nothing secret reaches logs or MLflow params.
+
+Run ``dmms config show`` to see the resolved settings (secrets masked).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "DMMS_"
+PROFILES_DIR = Path(__file__).parent / "profiles"
+Profile = Literal["tiny", "paper"]
+
+
+class SettingsError(ValueError):
+    """Settings are invalid; the message names the variable(s) to change."""
+
+
+def env_name(*loc: str | int) -> str:
+    """The environment variable that sets the field at ``loc`` (``("tools", "port")`` →
+    ``DMMS_TOOLS__PORT``)."""
+    return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageSettings(_Section):
+    """Object store: a local folder (embedded default) or an S3 bucket (MinIO, SeaweedFS, AWS)."""
+
+    root: str = Field(
+        ".dmms/store",
+        description="Where datasets and checkpoints live: a local folder, or s3://bucket[/prefix].",
+    )
+    endpoint: str | None = Field(
+        None,
+        description="S3 endpoint, host:port or http(s)://host:port (MinIO: minio:9000). "
+        "Required when root is s3://.",
+    )
+    access_key: SecretStr | None = Field(None, description="S3 access key.")
+    secret_key: SecretStr | None = Field(None, description="S3 secret key.")
+    secure: bool | None = Field(
+        None, description="Use TLS to the endpoint; default: inferred from the endpoint scheme."
+    )
+    region: str | None = Field(None, description="S3 region, if the server needs one.")
+    timeout_s: float = Field(60.0, gt=0, description="Timeout of one S3 request, seconds.")
+    retries: int = Field(3, ge=0, le=10, description="Retries of a failed S3 request.")
+
+
+class TrackingSettings(_Section):
+    """MLflow tracking and model registry."""
+
+    uri: str = Field(
+        "sqlite:///.dmms/mlflow.db",
+        description="MLflow tracking URI: sqlite:///file.db (embedded) or http(s)://server.",
+    )
+    registry_uri: str | None = Field(None, description="Registry URI, if not the tracking URI.")
+    experiment: str = Field("deepmmsearch", description="MLflow experiment name.")
+    model_name: str = Field("deepmmsearch-agent", description="Registered model name.")
+    artifact_location: str | None = Field(
+        None,
+        description="Artifact root for a NEW experiment (e.g. s3://mlflow); default: MLflow's.",
+    )
+    enabled: bool = Field(True, description="Set false to skip tracking entirely (no run made).")
+
+
+class LLMEndpointSettings(_Section):
+    """An OpenAI-compatible chat completions endpoint (vLLM server, hosted model)."""
+
+    base_url: str | None = Field(
+        None, description="e.g. http://vllm-judge:8000/v1; unset means 'not configured'."
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer key for the endpoint.")
+    model: str = Field("", description="Model name the endpoint serves.")
+    timeout_s: float = Field(60.0, gt=0, description="Timeout of one request, seconds.")
+    max_retries: int = Field(3, ge=0, le=10, description="Retries with backoff on 429/5xx.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_tokens: int = Field(1024, gt=0, description="Max tokens of one reply.")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.base_url)
+
+
+class ToolsSettings(_Section):
+    """The search tool-server: how it serves and how clients reach it."""
+
+    url: str = Field("http://127.0.0.1:8080", description="Base URL clients use.")
+    host: str = Field("127.0.0.1", description="Address the server binds to.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the server binds to.")
+    token: SecretStr | None = Field(
+        None, description="Bearer token; required by the server unless the profile is tiny."
+    )
+    index: str = Field(".dmms/index", description="Index folder or object-store prefix to serve.")
+    text_backend: Literal["local", "searxng", "brave", "serper"] = Field(
+        "local", description="Text search backend."
+    )
+    image_backend: Literal["local", "serpapi_lens"] = Field(
+        "local", description="Image search backend."
+    )
+    top_k: int = Field(5, ge=1, le=50, description="Results per search (paper: 5).")
+    timeout_s: float = Field(30.0, gt=0, description="Client timeout of one tool call, seconds.")
+    retries: int = Field(2, ge=0, le=10, description="Client retries with backoff.")
+    cache_url: str = Field(
+        "sqlite:///.dmms/cache.db",
+        description="Cache: sqlite:///path (disk) or redis://host:port/db.",
+    )
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=0, description="Cache entry lifetime, seconds.")
+    simulated_latency_ms: int = Field(
+        0,
+        ge=0,
+        description="Added latency of the LOCAL backends, to model web search in benchmarks.",
+    )
+    web_api_key: SecretStr | None = Field(None, description="Key of the web text-search API.")
+    image_api_key: SecretStr | None = Field(None, description="Key of the reverse-image API.")
+    searxng_url: str | None = Field(None, description="SearXNG base URL (self-hosted).")
+    summariser: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
+
+
+class ModelSettings(_Section):
+    """The policy model."""
+
+    name_or_path: str = Field(
+        ".dmms/models/tiny",
+        description="Checkpoint folder or hub id (Qwen/Qwen2.5-VL-7B-Instruct). "
+        "The tiny profile builds a random tiny Qwen2.5-VL here if missing.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Weights dtype."
+    )
+    device: str = Field("cpu", description="cpu, cuda, cuda:0, or auto.")
+    max_new_tokens: int = Field(256, gt=0, description="Max new tokens per model turn.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_pixels: int = Field(
+        64 * 28 * 28, gt=0, description="Max pixels of an input image for the processor."
+    )
+    seed: int = Field(0, description="Seed for model building and sampling.")
+
+
+class AgentSettings(_Section):
+    """The tag protocol's limits (DESIGN.md §2)."""
+
+    max_tool_calls: int = Field(10, ge=0, description="Tool calls per trajectory (paper: 10).")
+    max_image_searches: int = Field(1, ge=0, description="Image searches per trajectory (paper: 1).")
+    max_turns: int = Field(
+        10, ge=1, description="Model turns per trajectory; datagen keeps < this (paper: 10)."
+    )
+    prompt_version: str = Field("v1", description="Prompt template version (agent/prompts/).")
+    concurrency: int = Field(32, ge=1, description="Trajectories in flight at once.")
+
+
+class Settings(BaseSettings):
+    """The whole tree. Build it with :func:`load_settings` to get readable errors."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    profile: Profile = Field("tiny", description="tiny (CPU, offline) or paper (GPU, 7B).")
+    run_name: str | None = Field(None, description="Name of the MLflow/KFP run.")
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    tools: ToolsSettings = Field(default_factory=ToolsSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    judge: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
+    teacher: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        problems: list[str] = []
+        if self.storage.root.startswith("s3://"):
+            if not self.storage.endpoint:
+                problems.append(f"{env_name('storage', 'endpoint')} is required when "
+                                f"{env_name('storage', 'root')} is s3:// (e.g. minio:9000)")
+            for key in ("access_key", "secret_key"):
+                if getattr(self.storage, key) is None:
+                    problems.append(f"{env_name('storage', key)} is required when "
+                                    f"{env_name('storage', 'root')} is s3://")
+        if self.profile != "tiny" and self.tools.token is None:
+            problems.append(f"{env_name('tools', 'token')} is required when profile is "
+                            f"'{self.profile}' (the tool-server demands a bearer token outside tiny)")
+        if self.tools.text_backend in ("brave", "serper") and self.tools.web_api_key is None:
+            problems.append(f"{env_name('tools', 'web_api_key')} is required for "
+                            f"{env_name('tools', 'text_backend')}={self.tools.text_backend}")
+        if self.tools.text_backend == "searxng" and not self.tools.searxng_url:
+            problems.append(f"{env_name('tools', 'searxng_url')} is required for "
+                            f"{env_name('tools', 'text_backend')}=searxng")
+        if self.tools.image_backend == "serpapi_lens" and self.tools.image_api_key is None:
+            problems.append(f"{env_name('tools', 'image_api_key')} is required for "
+                            f"{env_name('tools', 'image_backend')}=serpapi_lens")
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        user_yaml = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        user_source = None
+        if user_yaml:
+            path = Path(user_yaml)
+            if not path.is_file():
+                raise SettingsError(f"{ENV_PREFIX}CONFIG points to {path}, which is not a file")
+            user_source = YamlConfigSettingsSource(settings_cls, yaml_file=path)
+            sources.append(user_source)
+        profile = _pick_profile(init_settings, env_settings, dotenv_settings, user_source)
+        sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=PROFILES_DIR / f"{profile}.yaml"))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as plain data with every secret masked (for logs and MLflow params)."""
+        return _mask(self.model_dump(mode="python"))
+
+    def flat_params(self) -> dict[str, str]:
+        """Flattened ``section.key -> str`` view with secrets masked (MLflow params)."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = "" if value is None else str(value)
+
+        walk("", self.public_dict())
+        return out
+
+
+def _pick_profile(*sources: PydanticBaseSettingsSource | None) -> str:
+    for source in sources:
+        if source is None:
+            continue
+        value = source().get("profile")
+        if value:
+            if value not in ("tiny", "paper"):
+                raise SettingsError(f"{env_name('profile')}={value!r} is not a profile: use tiny or paper")
+            return str(value)
+    return "tiny"
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "**********"
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Resolve the settings tree; raise :class:`SettingsError` naming each variable to change.
+
+    ``overrides`` are nested dicts or top-level values, e.g.
+    ``load_settings(tools={"port": 9000})``; they beat every other source.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if p not in ("__root__",)]
+        msg = err["msg"].removeprefix("Value error, ")
+        if loc:
+            given = err.get("input")
+            shown = "" if isinstance(given, dict | SecretStr) or given is None else f" (got {given!r})"
+            lines.append(f"  {env_name(*loc)}: {msg}{shown}")
+        else:
+            lines.append(f"  {msg}")
+    return "\n".join(lines)
+
+
+def dump_yaml(settings: Settings) -> str:
+    """Resolved settings as YAML, secrets masked (``dmms config show``)."""
+    return yaml.safe_dump(settings.public_dict(), sort_keys=False)
