@@ -1,0 +1,28 @@
+"""Root test configuration.
+
+Shared server fixtures live in ``tests/fixtures/<name>.py`` (one module per real server: the S3
+server, the MLflow server, the tool-server, ...) and are loaded here as plugins, so any test can ask
+for them by name. Each fixture starts the real thing on free loopback ports.
+"""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = [
+    "tests.fixtures.s3",
+    "tests.fixtures.mlflow_server",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch, tmp_path):
+    """No test sees the developer's own DMMS_* variables or .env; each runs in its own folder."""
+    for key in list(os.environ):
+        if key.startswith("DMMS_") and not key.startswith("DMMS_TEST_"):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
