@@ -29,8 +29,15 @@ def config_show() -> None:
     typer.echo(dump_yaml(load_settings()), nl=False)
 
 
+_registered = False
+
+
 def _register() -> None:
-    """Attach the steps' own typer apps (each module defines ``register(app)``)."""
+    """Attach the steps' own typer apps (each module defines ``register(app)``); idempotent."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
     from components.agent import cli as agent_cli
 
     agent_cli.register(app)
@@ -40,7 +47,7 @@ def main() -> None:
     setup_logging()
     try:
         _register()
-        app()
+        app(standalone_mode=True)
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -16,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.mlflow_server",
+    "tests.fixtures.openai_server",
 ]
 
 

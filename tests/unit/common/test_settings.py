@@ -1,0 +1,129 @@
+"""The settings tree: sources, profiles, readable errors, masked secrets."""
+
+import pytest
+
+from components.common.settings import SettingsError, dump_yaml, load_settings
+
+
+def test_defaults_are_the_tiny_profile():
+    s = load_settings()
+    assert s.profile == "tiny"
+    assert s.storage.root == ".dmms/store"
+    assert s.tracking.uri.startswith("sqlite:///")
+    assert s.tools.host == "127.0.0.1"
+    assert s.model.device == "cpu"
+
+
+def test_env_vars_nest_with_double_underscore(monkeypatch):
+    monkeypatch.setenv("DMMS_TOOLS__PORT", "9123")
+    monkeypatch.setenv("DMMS_AGENT__MAX_TOOL_CALLS", "3")
+    s = load_settings()
+    assert s.tools.port == 9123
+    assert s.agent.max_tool_calls == 3
+
+
+def test_wrong_type_names_the_variable(monkeypatch):
+    monkeypatch.setenv("DMMS_TOOLS__PORT", "eighty")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "DMMS_TOOLS__PORT" in str(info.value)
+    assert "eighty" in str(info.value)
+
+
+def test_out_of_range_names_the_variable(monkeypatch):
+    monkeypatch.setenv("DMMS_TOOLS__TOP_K", "0")
+    with pytest.raises(SettingsError, match="DMMS_TOOLS__TOP_K"):
+        load_settings()
+
+
+def test_unknown_key_is_refused_not_ignored():
+    with pytest.raises(SettingsError, match="DMMS_TOOLS__PROT"):
+        load_settings(tools={"prot": 1})
+
+
+def test_paper_profile_without_secrets_names_each_missing_variable(monkeypatch):
+    monkeypatch.setenv("DMMS_PROFILE", "paper")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    msg = str(info.value)
+    assert "DMMS_TOOLS__TOKEN" in msg
+    assert "DMMS_STORAGE__ACCESS_KEY" in msg
+    assert "DMMS_STORAGE__SECRET_KEY" in msg
+
+
+def test_paper_profile_sets_paper_defaults(monkeypatch):
+    monkeypatch.setenv("DMMS_PROFILE", "paper")
+    monkeypatch.setenv("DMMS_TOOLS__TOKEN", "tok")
+    monkeypatch.setenv("DMMS_STORAGE__ACCESS_KEY", "ak")
+    monkeypatch.setenv("DMMS_STORAGE__SECRET_KEY", "sk")
+    s = load_settings()
+    assert s.model.name_or_path == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert s.model.dtype == "bfloat16"
+    assert s.storage.root.startswith("s3://")
+    assert s.agent.max_image_searches == 1 and s.agent.max_tool_calls == 10
+
+
+def test_unknown_profile_is_refused(monkeypatch):
+    monkeypatch.setenv("DMMS_PROFILE", "huge")
+    with pytest.raises(SettingsError, match="DMMS_PROFILE"):
+        load_settings()
+
+
+def test_precedence_kwargs_over_env_over_dotenv_over_user_yaml(monkeypatch, tmp_path):
+    user_yaml = tmp_path / "mine.yaml"
+    user_yaml.write_text("tools:\n  port: 7001\n  top_k: 7\nagent:\n  max_turns: 4\n")
+    (tmp_path / ".env").write_text("DMMS_TOOLS__PORT=7002\nDMMS_AGENT__MAX_TURNS=5\n")
+    monkeypatch.setenv("DMMS_CONFIG", str(user_yaml))
+    monkeypatch.setenv("DMMS_TOOLS__PORT", "7003")
+    s = load_settings()
+    assert s.tools.port == 7003          # env beats .env and yaml
+    assert s.agent.max_turns == 5        # .env beats yaml
+    assert s.tools.top_k == 7            # yaml beats profile/defaults
+    assert load_settings(tools={"port": 7004}).tools.port == 7004
+
+
+def test_user_yaml_can_choose_the_profile(monkeypatch, tmp_path):
+    user_yaml = tmp_path / "p.yaml"
+    user_yaml.write_text("profile: paper\ntools:\n  token: t\nstorage:\n  access_key: a\n  secret_key: b\n")
+    monkeypatch.setenv("DMMS_CONFIG", str(user_yaml))
+    assert load_settings().model.name_or_path == "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+def test_missing_user_yaml_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("DMMS_CONFIG", str(tmp_path / "nope.yaml"))
+    with pytest.raises(SettingsError, match="DMMS_CONFIG"):
+        load_settings()
+
+
+def test_secrets_are_masked_everywhere():
+    s = load_settings(tools={"token": "s3cr3t-token"}, judge={"api_key": "judge-key-9"})
+    assert s.tools.token.get_secret_value() == "s3cr3t-token"
+    for text in (dump_yaml(s), repr(s), str(s.flat_params()), str(s.public_dict())):
+        assert "s3cr3t-token" not in text
+        assert "judge-key-9" not in text
+    assert s.flat_params()["tools.token"] == "**********"
+
+
+def test_s3_root_requires_endpoint_and_keys():
+    with pytest.raises(SettingsError) as info:
+        load_settings(storage={"root": "s3://bucket"})
+    assert "DMMS_STORAGE__ENDPOINT" in str(info.value)
+
+
+def test_web_backend_requires_its_key():
+    with pytest.raises(SettingsError, match="DMMS_TOOLS__WEB_API_KEY"):
+        load_settings(tools={"text_backend": "brave"})
+
+
+def test_cli_config_show_masks_and_fails_clearly(monkeypatch):
+    from typer.testing import CliRunner
+
+    from components.cli import _register, app
+
+    _register()
+    runner = CliRunner()
+    monkeypatch.setenv("DMMS_TOOLS__TOKEN", "abc-secret")
+    out = runner.invoke(app, ["config", "show"])
+    assert out.exit_code == 0, out.output
+    assert "abc-secret" not in out.output
+    assert "profile: tiny" in out.output
