@@ -144,6 +144,24 @@ class ToolsSettings(_Section):
     image_api_key: SecretStr | None = Field(None, description="Key of the reverse-image API.")
     searxng_url: str | None = Field(None, description="SearXNG base URL (self-hosted).")
     summariser: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
+    cache_max_entries: int = Field(
+        200_000, ge=1, description="Cache size bound: oldest entries are evicted past this many."
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body the server accepts, bytes."
+    )
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest encoded image accepted, bytes."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1024, description="Largest image accepted, width x height (decompression bombs)."
+    )
+    backend_concurrency: int = Field(
+        16, ge=1, description="Calls in flight at once per backend (local index, web API, summariser)."
+    )
+    upstream_timeout_s: float = Field(
+        60.0, gt=0, description="Deadline of one upstream call (web backend, summariser) incl. retries."
+    )
 
 
 class ModelSettings(_Section):
