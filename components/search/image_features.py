@@ -1,0 +1,192 @@
+"""Image features of the local reverse-image index: window descriptors and pixel verification.
+
+Why: the tool-server must find the corpus image (and so its page) from a copy that was resized,
+re-encoded as JPEG, blurred, padded or partly cropped. Perceptual hashes of the whole image break
+on crops and padding, so the index describes every corpus image by many *windows* (the whole
+image, its border-trimmed content, and a multi-scale grid of sub-windows) and each window by a
+small descriptor that survives re-encoding:
+
+* a grey ``GRID x GRID`` thumbnail, mean-removed and L2-normalised (layout, invariant to
+  brightness/contrast and robust to blur, JPEG and resizing, which all act like low-pass filters);
+* a ``4 x 4`` grid of mean colours (so a red square is not a blue square of equal luminance).
+
+The dot product of two descriptors is ``GREY_WEIGHT * cos(grey) + (1 - GREY_WEIGHT) * cos(colour)``.
+A second stage (:func:`verify_scores`) re-ranks the best candidates by normalised cross-correlation
+of a sharper grey thumbnail of the matched window, which separates near-duplicates.
+
+:class:`ImageEmbedder` is the protocol the index uses, so a CLIP-style embedder
+(:class:`ClipEmbedder`, transformers ``CLIPModel`` from a local path) can replace the handmade one
+on GPU deployments. Library module: used by ``components.search.image_index``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+GRID = 12  # grey thumbnail side of a window descriptor
+COLOUR_GRID = 4
+GREY_WEIGHT = 0.7
+VERIFY = 24  # grey thumbnail side used by the verification stage
+WORK_SIDE = 192  # images are reduced to this longest side before windows are cut
+# (scale, step) pairs: window side as a fraction of the image side, grid step as a fraction.
+WINDOW_SCALES: tuple[tuple[float, float], ...] = ((0.85, 0.075), (0.7, 0.075), (0.6, 0.08), (0.5, 0.1))
+
+Box = tuple[float, float, float, float]  # fractions of width/height: x0, y0, x1, y1
+
+
+@runtime_checkable
+class ImageEmbedder(Protocol):
+    """Turns images (whole images or windows cut from them) into L2-normalised vectors.
+
+    ``name`` and ``dim`` are written into the index so a loaded index refuses a different embedder.
+    """
+
+    name: str
+    dim: int
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Return float32 ``(len(images), dim)``, each row L2-normalised."""
+        ...
+
+
+def work_image(image: Image.Image) -> Image.Image:
+    """RGB copy reduced (area filter) to at most ``WORK_SIDE`` on its longest side."""
+    rgb = image.convert("RGB")
+    scale = WORK_SIDE / max(rgb.size)
+    if scale < 1:
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.BOX)
+    return rgb
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, 1e-6)
+
+
+class GridEmbedder:
+    """The handmade descriptor (grey layout + colour grid); CPU, no weights."""
+
+    name = "grid-v1"
+    dim = GRID * GRID + COLOUR_GRID * COLOUR_GRID * 3
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return describe_boxes_many([(work_image(im), [(0.0, 0.0, 1.0, 1.0)]) for im in images])
+
+
+def describe_boxes(img: Image.Image, boxes: Sequence[Box]) -> np.ndarray:
+    """Grid descriptors of ``boxes`` (fractions) of an RGB work image: ``(len(boxes), dim)``."""
+    w, h = img.size
+    grey = img.convert("L")
+    grey_rows = np.empty((len(boxes), GRID * GRID), np.float32)
+    colour_rows = np.empty((len(boxes), COLOUR_GRID * COLOUR_GRID * 3), np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        px = (x0 * w, y0 * h, x1 * w, y1 * h)
+        g = grey.resize((GRID, GRID), Image.Resampling.BOX, box=px)
+        c = img.resize((COLOUR_GRID, COLOUR_GRID), Image.Resampling.BOX, box=px)
+        grey_rows[i] = np.asarray(g, np.float32).ravel()
+        colour_rows[i] = np.asarray(c, np.float32).ravel()
+    grey_rows -= grey_rows.mean(axis=1, keepdims=True)
+    colour_rows -= 128.0  # absolute colour: centred on mid-grey, not on the window's own mean
+    return np.hstack([_unit(grey_rows) * np.sqrt(GREY_WEIGHT),
+                      _unit(colour_rows) * np.sqrt(1 - GREY_WEIGHT)]).astype(np.float32)
+
+
+def describe_boxes_many(items: Sequence[tuple[Image.Image, Sequence[Box]]]) -> np.ndarray:
+    return np.vstack([describe_boxes(img, boxes) for img, boxes in items])
+
+
+def trim_box(img: Image.Image, tol: float = 12.0) -> Box | None:
+    """The box (fractions) left after removing uniform borders of the corner colour.
+
+    Padding adds such borders; returns ``None`` when nothing (or everything) would be trimmed.
+    """
+    a = np.asarray(img, np.float32)
+    h, w = a.shape[:2]
+    corners = np.stack([a[0, 0], a[0, -1], a[-1, 0], a[-1, -1]])
+    bg = np.median(corners, axis=0)
+    content = np.abs(a - bg).max(axis=2) > tol
+    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return None
+    box = (cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h)
+    if box == (0.0, 0.0, 1.0, 1.0) or (box[2] - box[0]) * (box[3] - box[1]) < 0.05:
+        return None
+    return box
+
+
+def window_boxes(img: Image.Image) -> list[Box]:
+    """The windows indexed for one corpus image: whole, trimmed content, and the multi-scale grid."""
+    boxes: list[Box] = [(0.0, 0.0, 1.0, 1.0)]
+    trimmed = trim_box(img)
+    if trimmed is not None:
+        boxes.append(trimmed)
+    for scale, step in WINDOW_SCALES:
+        starts = np.arange(0.0, 1.0 - scale + 1e-6, step)
+        if 1.0 - scale - starts[-1] > 1e-6:
+            starts = np.append(starts, 1.0 - scale)
+        boxes.extend((float(x), float(y), float(x) + scale, float(y) + scale)
+                     for y in starts for x in starts)
+    return boxes
+
+
+def query_boxes(img: Image.Image) -> list[Box]:
+    """The windows a query is described by: the whole image and, if padded, its trimmed content."""
+    trimmed = trim_box(img)
+    return [(0.0, 0.0, 1.0, 1.0)] + ([trimmed] if trimmed is not None else [])
+
+
+def verify_thumb(img: Image.Image, box: Box) -> np.ndarray:
+    """Mean-removed, unit-norm ``VERIFY x VERIFY`` grey thumbnail of ``box`` of a work image."""
+    w, h = img.size
+    px = (box[0] * w, box[1] * h, box[2] * w, box[3] * h)
+    g = np.asarray(img.convert("L").resize((VERIFY, VERIFY), Image.Resampling.BOX, box=px), np.float32)
+    g = g.ravel() - g.mean()
+    return g / max(float(np.linalg.norm(g)), 1e-6)
+
+
+def verify_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation of one query thumbnail with ``(n, VERIFY*VERIFY)`` candidates."""
+    return candidates @ query
+
+
+class ClipEmbedder:
+    """CLIP image embeddings from a LOCAL checkpoint folder (``CLIPModel`` + ``CLIPImageProcessor``).
+
+    For GPU deployments: ``tools.image_embedder=clip`` and ``tools.image_embedder_path=/models/clip``.
+    It never downloads (``local_files_only=True``). The tests exercise it with a tiny random CLIP
+    built from a config offline (real weights cannot be fetched here), so they prove the code path,
+    not CLIP's retrieval quality.
+    """
+
+    def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 64) -> None:
+        import torch
+        from transformers import CLIPImageProcessor, CLIPModel
+
+        self._torch = torch
+        self.model = CLIPModel.from_pretrained(model_path, local_files_only=True).to(device).eval()
+        self.processor = CLIPImageProcessor.from_pretrained(model_path, local_files_only=True)
+        self.device = device
+        self.batch_size = batch_size
+        self.dim = int(self.model.config.projection_dim)
+        self.name = f"clip:{model_path}"
+        log.info("CLIP image embedder loaded from %s on %s (dim %d)", model_path, device, self.dim)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = [im.convert("RGB") for im in images[start:start + self.batch_size]]
+            inputs = self.processor(images=batch, return_tensors="pt").to(self.device)
+            with self._torch.no_grad():
+                feats = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+            if not isinstance(feats, self._torch.Tensor):  # some versions return a model output
+                feats = feats.pooler_output
+            out.append(feats.float().cpu().numpy())
+        return _unit(np.vstack(out)).astype(np.float32)
