@@ -143,6 +143,24 @@ class ToolsSettings(_Section):
     web_api_key: SecretStr | None = Field(None, description="Key of the web text-search API.")
     image_api_key: SecretStr | None = Field(None, description="Key of the reverse-image API.")
     searxng_url: str | None = Field(None, description="SearXNG base URL (self-hosted).")
+    web_api_url: str | None = Field(
+        None, description="Override of the Brave/Serper endpoint URL (a proxy or a test server); "
+        "default: the vendor's.")
+    image_api_url: str | None = Field(
+        None, description="Override of the SerpApi endpoint URL (a proxy or a test server).")
+    image_publish_url: str | None = Field(
+        None, description="Public base URL where query images are made reachable for the reverse-image "
+        "API (SerpApi Lens needs an image URL): the image is PUT to <this>/<sha256>.jpg and that URL is "
+        "sent; e.g. a bucket prefix writable by the tool-server and publicly readable.")
+    web_max_retries: int = Field(2, ge=0, le=10, description="Retries of a web API call on 429/5xx.")
+    web_timeout_s: float = Field(15.0, gt=0, description="Timeout of one web API or page fetch, seconds.")
+    grounding_model: str | None = Field(
+        None, description="Local GroundingDINO checkpoint folder for referring-expression crops; "
+        "unset: crops take boxes and spatial phrases only.")
+    image_embedder: Literal["grid", "clip"] = Field(
+        "grid", description="Local image-index features: grid (CPU, no weights) or clip (GPU).")
+    image_embedder_path: str | None = Field(
+        None, description="Local CLIP checkpoint folder, required when image_embedder=clip.")
     summariser: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
     cache_max_entries: int = Field(
         200_000, ge=1, description="Cache size bound: oldest entries are evicted past this many."
@@ -241,6 +259,13 @@ class Settings(BaseSettings):
         if self.tools.image_backend == "serpapi_lens" and self.tools.image_api_key is None:
             problems.append(f"{env_name('tools', 'image_api_key')} is required for "
                             f"{env_name('tools', 'image_backend')}=serpapi_lens")
+        if self.tools.image_backend == "serpapi_lens" and not self.tools.image_publish_url:
+            problems.append(f"{env_name('tools', 'image_publish_url')} is required for "
+                            f"{env_name('tools', 'image_backend')}=serpapi_lens (SerpApi fetches the "
+                            "query image from a public URL)")
+        if self.tools.image_embedder == "clip" and not self.tools.image_embedder_path:
+            problems.append(f"{env_name('tools', 'image_embedder_path')} is required for "
+                            f"{env_name('tools', 'image_embedder')}=clip")
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
