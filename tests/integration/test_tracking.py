@@ -166,6 +166,7 @@ def test_registry_errors_name_what_to_change(server):
 def test_embedded_sqlite_default(tmp_path, monkeypatch):
     """No server: the default sqlite:///.dmms/mlflow.db, created under the working folder."""
     monkeypatch.setenv("DMMS_GIT_SHA", "feed")
+    monkeypatch.delenv("KFP_RUN_ID", raising=False)
     settings = load_settings(tools={"token": SECRET})
     assert settings.tracking.uri == "sqlite:///.dmms/mlflow.db"
     with tracked_run(settings, step="datagen") as run:
@@ -178,6 +179,7 @@ def test_embedded_sqlite_default(tmp_path, monkeypatch):
     mlc = MlflowClient(settings.tracking.uri)
     got = mlc.get_run(run.run_id)
     assert got.data.tags["dmms.git_sha"] == "feed" and got.data.metrics["kept"] == 47.0
+    assert "dmms.kfp_run_id" not in got.data.tags  # not under KFP: no made-up run id
     assert not any(SECRET in v for v in got.data.params.values())
 
 
