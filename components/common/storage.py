@@ -82,11 +82,11 @@ def _split_s3(uri: str) -> tuple[str, str]:
     parts = [p for p in key.split("/") if p]
     try:
         check_bucket_name(bucket)
+        if any(p in (".", "..") for p in parts):
+            raise ValueError(uri)
     except ValueError:
-        parts = [".."]
-    if any(p in (".", "..") for p in parts):
         raise StorageError(f"bad S3 URI {uri!r}: use s3://bucket/key (a valid bucket name, no '.' "
-                           "or '..' parts)")
+                           "or '..' parts)") from None
     return bucket, "/".join(parts)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 import pytest
 from minio.error import S3Error
@@ -259,3 +261,34 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path: Path) -> None:
         open_store(settings).get_bytes("s3://bkt/k")
     with pytest.raises(StorageError, match="bad S3 URI 's3://B_/k'"):
         open_store(settings).get_bytes("s3://B_/k")
+
+
+def test_transient_errors_retried_a_bounded_number_of_times() -> None:
+    """A loopback HTTP server that always answers 503 SlowDown: a real S3 server cannot be made to
+    fail on demand, so this stands in for an overloaded one. Each request is tried 1 + retries times."""
+    seen: list[str] = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            seen.append(self.path)
+            body = b"<Error><Code>SlowDown</Code><Message>busy</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = StorageSettings(root="s3://bkt", endpoint=f"127.0.0.1:{server.server_port}",
+                                   access_key="a", secret_key="b", region="us-east-1", retries=2)
+        with pytest.raises(StorageError, match="s3://bkt/k: S3 error SlowDown"):
+            open_store(settings).get_bytes("s3://bkt/k")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(seen) == 3 and all(p.startswith("/bkt/k") for p in seen)
