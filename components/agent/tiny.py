@@ -1,0 +1,169 @@
+"""Build a tiny, RANDOM Qwen2.5-VL offline: the model the ``tiny`` profile trains on one CPU.
+
+Why: nothing may be downloaded from a model hub here, yet SFT, GRPO, the agent loop and
+evaluation must run end to end on real transformers/TRL code paths. So we build a real
+``Qwen2_5_VLForConditionalGeneration`` from a tiny config (~0.6M parameters) with a real
+byte-level BPE tokenizer trained on a small packaged corpus (``tiny_corpus.txt``), Qwen's special
+tokens, the agent protocol's tags as single tokens, TRL's stock ``qwen2_5_vl`` chat template and a
+``Qwen2_5_VLProcessor`` that shrinks images to a handful of patches. Its weights are random: it
+emits gibberish until trained, and it is only for exercising the pipeline.
+
+Same seed → byte-identical tokenizer files and identical weights.
+
+Run: ``dmms tiny-model --out .dmms/models/tiny --seed 0`` (or ``build_tiny_model(Path(...))``).
+Load it like any checkpoint with :func:`components.agent.models.load_model_and_processor`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+log = logging.getLogger(__name__)
+
+CORPUS_PATH = Path(__file__).with_name("tiny_corpus.txt")
+BPE_VOCAB_SIZE = 1536  # upper bound; the small corpus saturates a little below it
+# Qwen2.5-VL's special tokens, in Qwen's own order (ids follow the BPE vocabulary).
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+# The agent protocol's tags (DESIGN.md §2): single, NON-special tokens so they survive decoding
+# with skip_special_tokens=True.
+PROTOCOL_TAGS = (
+    "<reason>", "</reason>", "<text_search>", "</text_search>", "<img_search>", "</img_search>",
+    "<img>", "</img>", "<answer>", "</answer>", "<information>", "</information>",
+)
+# Tiny architecture. Text: head_dim = 64 / 4 = 16, so mrope_section sums to 8 (Qwen's 1:1.5:1.5).
+TEXT_CONFIG = {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6, "use_sliding_window": False, "max_window_layers": 2,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+}
+VISION_CONFIG = {
+    "depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2,
+    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+    "window_size": 112, "fullatt_block_indexes": [1], "out_hidden_size": 64,
+}
+ATTN_IMPLEMENTATION = "sdpa"  # checked on CPU: sdpa and eager both run; sdpa is the faster one
+
+
+def train_tokenizer(corpus: str):
+    """Train a byte-level BPE on ``corpus`` and wrap it as a Qwen2 tokenizer with Qwen's special
+    tokens and the protocol tags. Deterministic: the same corpus gives the same files."""
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE, min_frequency=1, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(corpus.splitlines(keepends=True), trainer)
+    trained = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in trained["merges"]]
+    tokenizer = Qwen2Tokenizer(
+        vocab=trained["vocab"], merges=merges, unk_token=None, bos_token=None,
+        eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=32768,
+    )
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
+                         special_tokens=True)
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in PROTOCOL_TAGS])
+    tokenizer.eos_token = "<|im_end|>"  # as in Qwen2.5-VL-Instruct: a turn ends the generation
+    return tokenizer
+
+
+def make_processor(tokenizer, max_pixels: int):
+    """A ``Qwen2_5_VLProcessor`` over ``tokenizer`` whose images are at most ``max_pixels``."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from trl.chat_template_utils import qwen2_5_vl_chat_template
+
+    factor = VISION_CONFIG["patch_size"] * VISION_CONFIG["spatial_merge_size"]
+    if max_pixels < factor * factor:
+        raise ValueError(f"max_pixels={max_pixels} is below one {factor}x{factor} patch: "
+                         f"raise DMMS_MODEL__MAX_PIXELS to at least {factor * factor}")
+    size = {"shortest_edge": min(4 * factor * factor, max_pixels), "longest_edge": max_pixels}
+    image_processor = Qwen2VLImageProcessor(size=size, patch_size=VISION_CONFIG["patch_size"],
+                                            merge_size=VISION_CONFIG["spatial_merge_size"])
+    video_processor = Qwen2VLVideoProcessor(size=size, patch_size=VISION_CONFIG["patch_size"],
+                                            merge_size=VISION_CONFIG["spatial_merge_size"])
+    # TRL recognises its stock template by identity and swaps in its training variant for SFT.
+    tokenizer.chat_template = qwen2_5_vl_chat_template
+    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               video_processor=video_processor, chat_template=qwen2_5_vl_chat_template)
+
+
+def make_model(tokenizer, seed: int):
+    """A randomly initialised tiny ``Qwen2_5_VLForConditionalGeneration`` matching ``tokenizer``."""
+    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    eos, pad = ids["<|im_end|>"], ids["<|endoftext|>"]
+    config = Qwen2_5_VLConfig(
+        text_config={**TEXT_CONFIG, "vocab_size": len(tokenizer), "bos_token_id": pad,
+                     "eos_token_id": eos, "pad_token_id": pad},
+        vision_config=VISION_CONFIG,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    config._attn_implementation = ATTN_IMPLEMENTATION
+    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=[eos, pad], pad_token_id=pad, bos_token_id=pad, do_sample=False,
+    )
+    return model
+
+
+def build_tiny_model(out: Path, seed: int = 0, max_pixels: int | None = None) -> Path:
+    """Build the tiny RANDOM Qwen2.5-VL and save model, tokenizer, processor and chat template to
+    ``out`` (written to a temporary folder first, then moved: never half-written).
+
+    ``max_pixels`` defaults to the tiny profile's ``model.max_pixels``. Refuses a non-empty ``out``.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not an empty folder: "
+                              "remove it or choose another --out")
+    if max_pixels is None:
+        from components.common.settings import load_settings
+
+        max_pixels = load_settings(profile="tiny").model.max_pixels
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(CORPUS_PATH.read_text(encoding="utf-8"))
+    processor = make_processor(tokenizer, max_pixels)
+    model = make_model(tokenizer, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the model folder is not a secret
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    n_params = sum(p.numel() for p in model.parameters())
+    log.warning("built a RANDOM tiny Qwen2.5-VL (%d parameters, vocab %d, seed %d) at %s in %.2f s; "
+                "it is for exercising the pipeline offline, not a real model",
+                n_params, len(tokenizer), seed, out, time.perf_counter() - started)
+    return out
