@@ -41,6 +41,7 @@ def _register() -> None:
     from components.agent import cli as agent_cli
 
     agent_cli.register(app)
+    from components.search import cli as search_cli; search_cli.register(app)  # noqa: E702, I001
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.mlflow_server",
     "tests.fixtures.openai_server",
+    "tests.fixtures.toolserver",
 ]
 
 

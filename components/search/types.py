@@ -6,7 +6,7 @@ parses them back, so the wire format lives in one place. Import-only module: not
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TextHit(BaseModel):
@@ -28,3 +28,55 @@ class ImageHit(BaseModel):
     url: str = Field(default="", description="URL of the image's page.")
     snippet: str = Field(default="", description="Caption or page text near the image.")
     score: float = Field(description="Similarity score, higher is better.")
+
+
+# ---- HTTP API (DESIGN.md §5) -----------------------------------------------------------------
+
+class TextSearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=2000, description="Free-text query.")
+    top_k: int = Field(5, ge=1, le=50, description="Number of results.")
+
+
+class ImageSearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_b64: str = Field(min_length=1, description="The image, base64 (PNG/JPEG/WebP/...).")
+    region: str | list[float] | None = Field(
+        None,
+        description="null: the whole image; [x1, y1, x2, y2] in pixels of the image sent; or a phrase "
+        "('top-left', 'the right half', 'center', or a referring expression when a grounder is set).",
+    )
+    top_k: int = Field(5, ge=1, le=50, description="Number of results.")
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, value: str | list[float] | None) -> str | list[float] | None:
+        if isinstance(value, list) and len(value) != 4:
+            raise ValueError("a box region is [x1, y1, x2, y2]: exactly 4 numbers")
+        if isinstance(value, str) and not (0 < len(value.strip()) <= 500):
+            raise ValueError("a phrase region must have 1 to 500 characters")
+        return value
+
+
+class TextSearchResponse(BaseModel):
+    results: list[TextHit]
+    summary: str
+    cached: bool = Field(description="True when results and summary came from the cache.")
+
+
+class ImageSearchResponse(BaseModel):
+    results: list[ImageHit]
+    summary: str
+    crop_box: list[int] | None = Field(None, description="The box searched, [x1, y1, x2, y2], or null.")
+    cached: bool = Field(description="True when results and summary came from the cache.")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,237 @@
+"""The search tool-server's FastAPI app (API: DESIGN.md §5; OpenAPI at ``/openapi.json``).
+
+    app = create_app(load_settings(), ".dmms/index")
+    uvicorn.run(app, host="127.0.0.1", port=8080)        # or: dmms tools serve --index .dmms/index
+
+Routes: ``POST /v1/text_search``, ``POST /v1/image_search`` (bearer token when ``DMMS_TOOLS__TOKEN``
+is set; the settings demand one outside the tiny profile), ``GET /healthz`` (process alive),
+``GET /readyz`` (index loaded, 503 before), ``GET /metrics`` (Prometheus). Every error is
+``{"error": {"code", "message"}}``: 4xx for bad input (malformed JSON, bad base64, not an image,
+too large, bad region), 401 without the token, 502/504 when an upstream fails; never 5xx for bad
+input. The index is loaded in the background at start-up, so ``/healthz`` answers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from components.common.settings import Settings
+from components.search.cache import open_cache
+from components.search.errors import ToolServerError
+from components.search.index import LoadedIndex, load_index
+from components.search.metrics import Metrics
+from components.search.service import SearchService
+from components.search.summarise import make_summariser
+from components.search.types import (
+    ErrorResponse,
+    ImageSearchRequest,
+    ImageSearchResponse,
+    TextSearchRequest,
+    TextSearchResponse,
+)
+
+log = logging.getLogger(__name__)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 502, 503, 504)
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await error_response(413, "body_too_large",
+                                 f"request body is {int(declared)} bytes, over the limit of {self.limit}")(
+                scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                # an HTTPException: FastAPI re-raises it from its body reader (others become a 400)
+                raise StarletteHTTPException(413, f"request body is over the limit of {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _auth_dependency(settings: Settings):  # noqa: ANN202 - a FastAPI dependency
+    token = settings.tools.token.get_secret_value() if settings.tools.token else None
+
+    async def check(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
+            raise ToolServerError("missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+                                  "(DMMS_TOOLS__TOKEN)", code="unauthorized", status=401)
+
+    return check
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ToolServerError)
+    async def _tool_error(request: Request, exc: ToolServerError) -> JSONResponse:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "malformed_json", "request body is not valid JSON")
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+                 for e in errors]
+        return error_response(422, "invalid_request", "; ".join(parts)[:2000])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, f"http_{exc.status_code}")
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}); see server logs")
+
+
+def _make_backends(settings: Settings) -> tuple[Any, Any]:
+    text = image = None
+    if settings.tools.text_backend != "local":
+        from components.search.web import make_text_backend
+
+        text = make_text_backend(settings)
+    if settings.tools.image_backend != "local":
+        from components.search.web import make_image_backend
+
+        image = make_image_backend(settings)
+    return text, image
+
+
+def create_app(settings: Settings, index_dir: str | Path | None = None, *,
+               index: LoadedIndex | None = None) -> FastAPI:
+    """The app serving ``index_dir`` (loaded at start-up) or an already loaded ``index``."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        t = settings.tools
+        cache = open_cache(t.cache_url, ttl_s=t.cache_ttl_s, max_entries=t.cache_max_entries)
+        text_backend, image_backend = _make_backends(settings)
+        service = SearchService(settings, index, cache, metrics, make_summariser(settings),
+                                text_backend, image_backend)
+        from components.search.grounding import make_grounder
+
+        service.grounder = await asyncio.to_thread(make_grounder, settings)
+        app.state.service = service
+        loader = None
+        if index is None and index_dir is not None:
+            loader = asyncio.create_task(_load(service, str(index_dir), settings))
+        try:
+            yield
+        finally:
+            if loader is not None and not loader.done():
+                loader.cancel()
+            await service.aclose()
+
+    app = FastAPI(title="deepmmsearch tool-server", version="1", lifespan=lifespan,
+                  description=__doc__.split("\n\n")[0])
+    app.state.metrics = metrics
+    app.add_middleware(BodyLimitMiddleware, limit=settings.tools.max_body_bytes)
+    _install_error_handlers(app)
+    _install_metrics_middleware(app, metrics)
+    _install_routes(app, settings, metrics)
+    return app
+
+
+async def _load(service: SearchService, index_dir: str, settings: Settings) -> None:
+    try:
+        service.index = await asyncio.to_thread(load_index, index_dir, settings)
+    except Exception:
+        log.exception("could not load the index %s; /readyz stays 503", index_dir)
+
+
+def _install_metrics_middleware(app: FastAPI, metrics: Metrics) -> None:
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+
+def _service(request: Request) -> SearchService:
+    service: SearchService | None = getattr(request.app.state, "service", None)
+    if service is None or not service.ready:
+        raise ToolServerError("the index is still loading or failed to load: see /readyz and the logs",
+                              code="not_ready", status=503)
+    return service
+
+
+Svc = Annotated[SearchService, Depends(_service)]
+
+
+def _install_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    auth = [Depends(_auth_dependency(settings))]
+
+    @app.post("/v1/text_search", response_model=TextSearchResponse, responses=ERRORS, dependencies=auth)
+    async def text_search(body: TextSearchRequest, service: Svc) -> TextSearchResponse:
+        """Search the text backend; results and a summary focused on the query."""
+        return await service.text_search(body.query, body.top_k)
+
+    @app.post("/v1/image_search", response_model=ImageSearchResponse, responses=ERRORS, dependencies=auth)
+    async def image_search(body: ImageSearchRequest, service: Svc) -> ImageSearchResponse:
+        """Search with the image, or the crop ``region`` of it; results, summary and the crop box."""
+        return await service.image_search(body.image_b64, body.region, body.top_k)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz(request: Request) -> dict[str, Any]:
+        service: SearchService | None = getattr(request.app.state, "service", None)
+        if service is None or not service.ready:
+            raise ToolServerError("index not loaded yet", code="not_ready", status=503)
+        manifest = service.index.manifest if service.index else {}
+        return {"status": "ready", "docs": manifest.get("docs"), "images": manifest.get("images"),
+                "summariser": service.summariser.name}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,206 @@
+"""The tool-server's cache: SQLite on disk (default) or Redis, with TTL, a size bound and single-flight.
+
+Why: RL calls the tools millions of times with many repeated queries, and web search APIs bill per
+call. As in MMSearch-R1 the cache has layers, distinguished by key prefix (the ``layer``):
+``text`` (query → results), ``page`` (url → page text), ``summary`` ((pages, query) → summary) and
+``image`` (image hash + region → results). Values are JSON strings.
+
+    cache = open_cache("sqlite:///.dmms/cache.db", ttl_s=3600, max_entries=100_000)
+    cache = open_cache("redis://127.0.0.1:6379/0", ttl_s=3600, max_entries=100_000, prefix="dmms:")
+
+:class:`CachedCompute` puts a cache in front of a computation, counts hits/misses in Prometheus
+and runs concurrent identical computations once (single-flight on the cache key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from components.search.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Cache(Protocol):
+    """A string key → string value store with a TTL and a size bound."""
+
+    async def get(self, key: str) -> str | None: ...
+    async def set(self, key: str, value: str) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+def cache_key(layer: str, *parts: Any) -> str:
+    """A stable key: ``layer:`` + sha256 of the JSON of ``parts``."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{layer}:{hashlib.sha256(blob.encode()).hexdigest()}"
+
+
+class SQLiteCache:
+    """A cache in one SQLite file; expired rows are ignored, the oldest evicted past ``max_entries``."""
+
+    _EVICT_EVERY = 256
+
+    def __init__(self, path: str | Path, *, ttl_s: int, max_entries: int):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+            "created REAL NOT NULL, expires REAL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS cache_created ON cache(created)")
+        self._writes = 0
+
+    def _get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value, expires FROM cache WHERE key = ?", (key,)).fetchone()
+        if row is None or (row[1] is not None and row[1] < time.time()):
+            return None
+        return row[0]
+
+    def _set(self, key: str, value: str) -> None:
+        now = time.time()
+        expires = now + self.ttl_s if self.ttl_s else None
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO cache (key, value, created, expires) VALUES (?, ?, ?, ?)",
+                (key, value, now, expires),
+            )
+            self._writes += 1
+            if self._writes % self._EVICT_EVERY == 0 or self.max_entries < self._EVICT_EVERY:
+                self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        self._db.execute("DELETE FROM cache WHERE expires IS NOT NULL AND expires < ?", (now,))
+        (count,) = self._db.execute("SELECT COUNT(*) FROM cache").fetchone()
+        if count > self.max_entries:
+            self._db.execute(
+                "DELETE FROM cache WHERE key IN (SELECT key FROM cache ORDER BY created LIMIT ?)",
+                (count - self.max_entries,),
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM cache").fetchone()[0]
+
+    async def get(self, key: str) -> str | None:
+        return await asyncio.to_thread(self._get, key)
+
+    async def set(self, key: str, value: str) -> None:
+        await asyncio.to_thread(self._set, key, value)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class RedisCache:
+    """A cache in Redis: SET with EX for the TTL, a sorted set of keys by insertion time for the bound."""
+
+    def __init__(self, url: str, *, ttl_s: int, max_entries: int, prefix: str = "dmms:",
+                 timeout_s: float = 5.0):
+        import redis.asyncio as aioredis
+
+        self.ttl_s, self.max_entries, self.prefix = ttl_s, max_entries, prefix
+        self._redis = aioredis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+        )
+        self._order = f"{prefix}__order__"
+
+    async def get(self, key: str) -> str | None:
+        return await self._redis.get(self.prefix + key)
+
+    async def set(self, key: str, value: str) -> None:
+        full = self.prefix + key
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(full, value, ex=self.ttl_s or None)
+            pipe.zadd(self._order, {full: time.time()})
+            pipe.zcard(self._order)
+            *_, count = await pipe.execute()
+        if count > self.max_entries:
+            old = await self._redis.zpopmin(self._order, count - self.max_entries)
+            if old:
+                await self._redis.delete(*[k for k, _ in old])
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+def open_cache(url: str, *, ttl_s: int, max_entries: int, prefix: str = "dmms:") -> Cache:
+    """``sqlite:///path`` or ``redis://host:port/db`` → a cache; a ValueError names the bad URL."""
+    if url.startswith("sqlite:///"):
+        cache: Cache = SQLiteCache(url.removeprefix("sqlite:///"), ttl_s=ttl_s, max_entries=max_entries)
+    elif url.startswith(("redis://", "rediss://", "unix://")):
+        cache = RedisCache(url, ttl_s=ttl_s, max_entries=max_entries, prefix=prefix)
+    else:
+        raise ValueError(f"DMMS_TOOLS__CACHE_URL={url!r}: use sqlite:///path or redis://host:port/db")
+    log.info("cache: %s (ttl %ss, max %d entries)", url.split("@")[-1], ttl_s, max_entries)
+    return cache
+
+
+class CachedCompute:
+    """Cache lookup + single-flight + store around an async computation.
+
+    ``await cc.get_or_compute(layer, key, compute)`` returns ``(value, cached)``. A cache that fails
+    (Redis down) is logged and counted, and the request is served uncached: the cache never turns a
+    good request into an error.
+    """
+
+    def __init__(self, cache: Cache, metrics: Metrics):
+        self.cache, self.metrics = cache, metrics
+        self._inflight: dict[str, asyncio.Future[str]] = {}
+
+    async def _cache_get(self, layer: str, key: str) -> str | None:
+        try:
+            return await self.cache.get(key)
+        except Exception as exc:  # noqa: BLE001 - any cache failure degrades to a miss
+            self.metrics.cache_errors.labels(layer).inc()
+            log.warning("cache get failed (%s): %s", layer, exc)
+            return None
+
+    async def get_or_compute(
+        self, layer: str, key: str, compute: Callable[[], Awaitable[str]]
+    ) -> tuple[str, bool]:
+        value = await self._cache_get(layer, key)
+        if value is not None:
+            self.metrics.cache_hits.labels(layer).inc()
+            return value, True
+        self.metrics.cache_misses.labels(layer).inc()
+        pending = self._inflight.get(key)
+        if pending is not None:
+            self.metrics.shared.labels(layer).inc()
+            return await asyncio.shield(pending), False
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            value = await compute()
+        except asyncio.CancelledError:
+            future.set_exception(RuntimeError("the shared computation was cancelled"))
+            future.exception()  # mark retrieved: no "never retrieved" warning when nobody waits
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        future.set_result(value)
+        try:
+            await self.cache.set(key, value)
+        except Exception as exc:  # noqa: BLE001
+            self.metrics.cache_errors.labels(layer).inc()
+            log.warning("cache set failed (%s): %s", layer, exc)
+        return value, False

@@ -1,0 +1,61 @@
+"""CLI of the search package: build an index, serve it.
+
+    dmms index build --corpus PATH --out PATH              # local folders or s3:// URIs
+    dmms tools serve --index PATH [--host H] [--port P]     # uvicorn; 127.0.0.1:8080 by default
+
+Host, port and the rest come from the settings (``DMMS_TOOLS__*``); flags override them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import typer
+
+from components.common.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    index_app = typer.Typer(no_args_is_help=True, help="Build search indexes.")
+    tools_app = typer.Typer(no_args_is_help=True, help="Run the search tool-server.")
+    app.add_typer(index_app, name="index")
+    app.add_typer(tools_app, name="tools")
+
+    @index_app.command("build")
+    def build(
+        corpus: str = typer.Option(..., help="Corpus folder or s3:// prefix (docs.jsonl, images.jsonl, images)."),
+        out: str = typer.Option(..., help="Index folder or s3:// prefix to write."),
+    ) -> None:
+        """Build the text (tantivy BM25) and image indexes of a corpus."""
+        from components.search.image_index import ImageIndexError
+        from components.search.index import build_index
+        from components.search.text_index import IndexFormatError
+
+        try:
+            manifest = build_index(corpus, out, load_settings())
+        except (IndexFormatError, ImageIndexError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(json.dumps(manifest))
+
+    @tools_app.command("serve")
+    def serve(
+        index: str | None = typer.Option(None, help="Index folder or s3:// prefix (default: DMMS_TOOLS__INDEX)."),
+        host: str | None = typer.Option(None, help="Bind address (default: DMMS_TOOLS__HOST, 127.0.0.1)."),
+        port: int | None = typer.Option(None, help="Port (default: DMMS_TOOLS__PORT, 8080)."),
+    ) -> None:
+        """Serve text and image search over a built index."""
+        import uvicorn
+
+        from components.search.app import create_app
+
+        overrides = {k: v for k, v in {"index": index, "host": host, "port": port}.items() if v is not None}
+        settings = load_settings(tools=overrides) if overrides else load_settings()
+        app = create_app(settings, settings.tools.index)
+        log.info("tool-server on http://%s:%d serving %s", settings.tools.host, settings.tools.port,
+                 settings.tools.index)
+        uvicorn.run(app, host=settings.tools.host, port=settings.tools.port, log_config=None,
+                    timeout_graceful_shutdown=10)

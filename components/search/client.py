@@ -1,0 +1,143 @@
+"""Client of the search tool-server, for the agent loop (teacher, policy rollouts, evaluation).
+
+    async with ToolClient("http://127.0.0.1:8080", token="…") as tools:
+        resp = await tools.text_search("eiffel tower height", top_k=5)     # TextSearchResponse
+        resp, err = await tools.safe_image_search(pil_image, region="top-left")  # never raises
+
+Timeouts on every call; bounded retries with exponential backoff on 5xx, timeouts and connection
+errors (never on 4xx: the request itself is wrong). Failures raise :class:`ToolError` with the
+server's message; ``safe_*`` return ``(None, message)`` instead, so a tool failure becomes text for
+the model and never kills a rollout. :func:`in_process_client` gives the same interface over the
+app in this process (``httpx.ASGITransport``), with no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+
+from components.search.types import ImageSearchResponse, TextSearchResponse
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=BaseModel)
+
+
+class ToolError(RuntimeError):
+    """A tool call failed for good; ``status`` is the HTTP status (None for network errors)."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def encode_image(image: Image.Image | bytes) -> str:
+    """PIL image (sent as PNG) or encoded image bytes → base64 text."""
+    if isinstance(image, bytes | bytearray):
+        return base64.b64encode(bytes(image)).decode()
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+class ToolClient:
+    """Async client of ``/v1/text_search`` and ``/v1/image_search``."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 30.0, retries: int = 2,
+                 *, backoff_s: float = 0.25, transport: httpx.AsyncBaseTransport | None = None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.retries, self.backoff_s = retries, backoff_s
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, transport=transport,
+                                       timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)))
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ToolClient:
+        t = settings.tools
+        return cls(t.url, t.token.get_secret_value() if t.token else None, t.timeout_s, t.retries)
+
+    async def __aenter__(self) -> ToolClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, body: dict[str, Any], model: type[R]) -> R:
+        for attempt in range(self.retries + 1):
+            try:
+                resp = await self._http.post(path, json=body)
+            except httpx.TransportError as exc:  # timeouts, refused connections, resets
+                err = ToolError(f"tool-server {path}: {type(exc).__name__}: {exc or 'no answer'}")
+            else:
+                if resp.status_code < 400:
+                    try:
+                        return model.model_validate(resp.json())
+                    except (ValueError, ValidationError) as exc:
+                        raise ToolError(f"tool-server {path}: unexpected answer: {exc}"[:500],
+                                        status=resp.status_code) from None
+                err = _error_of(path, resp)
+                if resp.status_code < 500:
+                    raise err
+            if attempt == self.retries:
+                raise err
+            delay = self.backoff_s * 2**attempt * (0.5 + random.random())
+            log.warning("%s; retry %d/%d in %.2fs", err, attempt + 1, self.retries, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def text_search(self, query: str, top_k: int = 5) -> TextSearchResponse:
+        return await self._post("/v1/text_search", {"query": query, "top_k": top_k}, TextSearchResponse)
+
+    async def image_search(self, image: Image.Image | bytes, region: str | list[float] | None = None,
+                           top_k: int = 5) -> ImageSearchResponse:
+        body = {"image_b64": encode_image(image), "region": region, "top_k": top_k}
+        return await self._post("/v1/image_search", body, ImageSearchResponse)
+
+    async def safe_text_search(self, query: str, top_k: int = 5) -> tuple[TextSearchResponse | None, str | None]:
+        """Like :meth:`text_search`, but a failure is ``(None, message)``."""
+        try:
+            return await self.text_search(query, top_k), None
+        except ToolError as exc:
+            return None, f"text search failed: {exc}"
+
+    async def safe_image_search(self, image: Image.Image | bytes, region: str | list[float] | None = None,
+                                top_k: int = 5) -> tuple[ImageSearchResponse | None, str | None]:
+        """Like :meth:`image_search`, but a failure is ``(None, message)``."""
+        try:
+            return await self.image_search(image, region, top_k), None
+        except ToolError as exc:
+            return None, f"image search failed: {exc}"
+
+
+def _error_of(path: str, resp: httpx.Response) -> ToolError:
+    code, message = None, resp.text[:300]
+    try:
+        err = resp.json()["error"]
+        code, message = err.get("code"), err.get("message", message)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return ToolError(f"tool-server {path}: HTTP {resp.status_code} ({code}): {message}",
+                     status=resp.status_code, code=code)
+
+
+@asynccontextmanager
+async def in_process_client(app: Any, token: str | None = None, timeout_s: float = 30.0,
+                            retries: int = 0) -> AsyncIterator[ToolClient]:
+    """A :class:`ToolClient` that calls ``app`` in this process; runs the app's start-up and shutdown."""
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        client = ToolClient("http://tools.in-process", token, timeout_s, retries,
+                            transport=httpx.ASGITransport(app=app))
+        stack.push_async_callback(client.aclose)
+        yield client

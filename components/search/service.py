@@ -1,0 +1,209 @@
+"""The search service behind the HTTP app: backends, limits, cache layers and summaries in one place.
+
+Why separate from the app: the routes only parse and render; this class does the work, so the
+in-process client, tests and benchmarks drive exactly what the server runs.
+
+- LOCAL backends (tantivy text index, reverse-image index) run in a thread pool so the event loop
+  stays responsive; ``DMMS_TOOLS__SIMULATED_LATENCY_MS`` is added to them to model web latency in
+  benchmarks (0 by default).
+- WEB backends and the summariser are upstream calls: a per-backend semaphore, an overall deadline
+  (``DMMS_TOOLS__UPSTREAM_TIMEOUT_S`` → 504), bounded retries with backoff (web backends; the chat
+  client retries on its own) and failures → 502, counted in ``/metrics``.
+- Cache layers (MMSearch-R1): ``text`` query → results, ``image`` image hash + region → results,
+  ``summary`` (pages, query) → summary; concurrent identical requests are computed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from PIL import Image
+
+from components.common.settings import Settings
+from components.search.cache import Cache, CachedCompute, cache_key
+from components.search.errors import BadRequest, ToolServerError, UpstreamError, UpstreamTimeout
+from components.search.imaging import decode_b64, open_image, to_png
+from components.search.index import LoadedIndex
+from components.search.metrics import Metrics
+from components.search.types import (
+    ImageHit,
+    ImageSearchResponse,
+    TextHit,
+    TextSearchResponse,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_BACKOFF_S = 0.25
+
+
+class SearchService:
+    """Text and image search with caching and summaries; build with :meth:`create`."""
+
+    def __init__(self, settings: Settings, index: LoadedIndex | None, cache: Cache, metrics: Metrics,
+                 summariser: Any, text_backend: Any | None = None, image_backend: Any | None = None):
+        self.settings, self.index, self.metrics = settings, index, metrics
+        self.cache = cache
+        self.cc = CachedCompute(cache, metrics)
+        self.summariser = summariser
+        self.text_backend, self.image_backend = text_backend, image_backend
+        self.text_name = f"text_{settings.tools.text_backend}"
+        self.image_name = f"image_{settings.tools.image_backend}"
+        n = settings.tools.backend_concurrency
+        self._sems = {name: asyncio.Semaphore(n)
+                      for name in (self.text_name, self.image_name, "summariser", "grounding")}
+
+    @property
+    def ready(self) -> bool:
+        local_text = self.settings.tools.text_backend == "local"
+        return self.index is not None or not local_text
+
+    async def aclose(self) -> None:
+        for part in (self.summariser, self.text_backend, self.image_backend, self.cache):
+            close = getattr(part, "aclose", None)
+            if close is not None:
+                await close()
+
+    # ---- running backends ----------------------------------------------------------------------
+    async def _local(self, backend: str, fn: Callable[..., T], *args: Any) -> T:
+        async with self._sems[backend]:
+            self.metrics.backend_calls.labels(backend).inc()
+            if self.settings.tools.simulated_latency_ms:
+                await asyncio.sleep(self.settings.tools.simulated_latency_ms / 1000)
+            return await asyncio.to_thread(fn, *args)
+
+    async def _upstream(self, backend: str, call: Callable[[], Awaitable[T]], retries: int) -> T:
+        """An upstream call under the backend's semaphore and the overall deadline, retried with backoff."""
+        async with self._sems[backend]:
+            try:
+                return await asyncio.wait_for(self._retrying(backend, call, retries),
+                                              self.settings.tools.upstream_timeout_s)
+            except TimeoutError:
+                self.metrics.backend_errors.labels(backend, "timeout").inc()
+                raise UpstreamTimeout(f"{backend} did not answer within "
+                                      f"{self.settings.tools.upstream_timeout_s}s") from None
+
+    async def _retrying(self, backend: str, call: Callable[[], Awaitable[T]], retries: int) -> T:
+        for attempt in range(retries + 1):
+            self.metrics.backend_calls.labels(backend).inc()
+            try:
+                return await call()
+            except Exception as exc:
+                kind = "timeout" if isinstance(exc, UpstreamTimeout | TimeoutError) else "error"
+                self.metrics.backend_errors.labels(backend, kind).inc()
+                if isinstance(exc, BadRequest):
+                    raise
+                if attempt == retries:
+                    if isinstance(exc, ToolServerError):
+                        raise
+                    raise UpstreamError(f"{backend} failed: {type(exc).__name__}: {exc}") from None
+                delay = RETRY_BACKOFF_S * 2**attempt * (0.5 + random.random())
+                log.warning("%s failed (%s); retry %d/%d in %.2fs", backend, exc, attempt + 1, retries, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # ---- text ----------------------------------------------------------------------------------
+    async def _text_hits(self, query: str, top_k: int) -> list[TextHit]:
+        if self.text_backend is None:
+            if self.index is None:
+                raise ToolServerError("no index loaded", code="not_ready", status=503)
+            return await self._local(self.text_name, self.index.text.search, query, top_k)
+        return await self._upstream(self.text_name, lambda: self.text_backend.search(query, top_k),
+                                    self.settings.tools.retries)
+
+    async def text_search(self, query: str, top_k: int) -> TextSearchResponse:
+        query = " ".join(query.split())
+        if not query:
+            raise BadRequest("query is blank: send the words to search for", code="bad_query")
+
+        async def compute() -> str:
+            return json.dumps([h.model_dump() for h in await self._text_hits(query, top_k)])
+
+        key = cache_key("text", self.text_name, query.lower(), top_k)
+        raw, hit_cached = await self.cc.get_or_compute("text", key, compute)
+        hits = [TextHit(**h) for h in json.loads(raw)]
+        pages = await self._pages(hits)
+        summary, sum_cached = await self._summary(
+            "text", query, hits, pages, lambda: self.summariser.summarise_text(query, hits, pages))
+        return TextSearchResponse(results=hits, summary=summary, cached=hit_cached and sum_cached)
+
+    async def _pages(self, hits: list[TextHit] | list[ImageHit]) -> list[str]:
+        """Page text of each hit: the stored document for the local corpus, else the snippet."""
+        if self.index is None:
+            return [h.snippet for h in hits]
+        docs = await asyncio.to_thread(lambda: [self.index.text.get(h.doc_id) for h in hits])
+        return [(d or {}).get("text") or h.snippet for d, h in zip(docs, hits, strict=True)]
+
+    async def _summary(self, kind: str, query: str, hits: list[Any], pages: list[str],
+                       make: Callable[[], Awaitable[str]]) -> tuple[str, bool]:
+        digest = [(h.doc_id, hashlib.sha256(p.encode()).hexdigest()[:16]) for h, p in zip(hits, pages, strict=True)]
+        key = cache_key("summary", kind, self.summariser.name, query.lower(), digest)
+        if self.summariser.name == "extractive":
+            return await self.cc.get_or_compute("summary", key, make)
+        return await self.cc.get_or_compute(
+            "summary", key, lambda: self._upstream("summariser", make, retries=0))
+
+    # ---- image ---------------------------------------------------------------------------------
+    async def image_search(self, image_b64: str, region: str | list[float] | None,
+                           top_k: int) -> ImageSearchResponse:
+        tools = self.settings.tools
+        data = decode_b64(image_b64, tools.max_image_bytes)
+
+        async def compute() -> str:
+            image = await asyncio.to_thread(open_image, data, tools.max_image_pixels)
+            crop, box = image, None
+            if region is not None:
+                crop, box = await self._crop(image, region)
+            hits = await self._image_hits(crop, top_k)
+            return json.dumps({"hits": [h.model_dump() for h in hits], "crop_box": box})
+
+        norm_region = region.strip().lower() if isinstance(region, str) else region
+        key = cache_key("image", self.image_name, hashlib.sha256(data).hexdigest(), norm_region, top_k)
+        raw, hit_cached = await self.cc.get_or_compute("image", key, compute)
+        stored = json.loads(raw)
+        hits = [ImageHit(**h) for h in stored["hits"]]
+        pages = await self._pages(hits)
+        summary, sum_cached = await self._summary(
+            "image", "", hits, pages, lambda: self.summariser.summarise_image(hits, pages))
+        return ImageSearchResponse(results=hits, summary=summary, crop_box=stored["crop_box"],
+                                   cached=hit_cached and sum_cached)
+
+    async def _crop(self, image: Image.Image, region: str | list[float]) -> tuple[Image.Image, list[int]]:
+        from components.search.grounding import GroundingError, crop_region
+
+        async with self._sems["grounding"]:
+            try:
+                crop, box = await asyncio.to_thread(crop_region, image, region, self.grounder)
+            except GroundingError as exc:
+                raise BadRequest(str(exc), code="bad_region", status=422) from None
+        return crop, [int(v) for v in box]
+
+    grounder: Any = None  # a referring-expression grounder (GroundingDINO) when configured
+
+    async def _image_hits(self, image: Image.Image, top_k: int) -> list[ImageHit]:
+        if self.image_backend is not None:
+            png = await asyncio.to_thread(to_png, image)
+            return await self._upstream(self.image_name, lambda: self.image_backend.search_image(png, top_k),
+                                        self.settings.tools.retries)
+        if self.index is None or self.index.image is None:
+            raise BadRequest("this index has no images: image search needs a corpus with images.jsonl",
+                             code="no_image_index", status=409)
+        pairs = await self._local(self.image_name, self.index.image.search, image, top_k)
+        return await asyncio.to_thread(self._image_hit_rows, pairs)
+
+    def _image_hit_rows(self, pairs: list[tuple[str, float]]) -> list[ImageHit]:
+        out = []
+        for image_id, score in pairs:
+            row = self.index.images.get(image_id, {}) if self.index else {}
+            doc = (self.index.text.get(row.get("doc_id", "")) if self.index else None) or {}
+            out.append(ImageHit(
+                image_id=image_id, doc_id=row.get("doc_id", ""),
+                title=doc.get("title") or row.get("title") or "", url=doc.get("url", ""),
+                snippet=row.get("caption") or row.get("title") or "", score=float(score)))
+        return out
