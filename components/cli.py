@@ -17,6 +17,9 @@ import typer
 
 from components.common.logging import setup_logging
 from components.common.settings import SettingsError, dump_yaml, load_settings
+from components.common.storage import StorageError
+
+USER_ERRORS = (SettingsError, StorageError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
 config_app = typer.Typer(no_args_is_help=True, help="Inspect settings.")
@@ -49,7 +52,8 @@ def main() -> None:
     try:
         _register()
         app(standalone_mode=True)
-    except SettingsError as exc:
+    except USER_ERRORS as exc:
+        # Bad input is the user's to fix: say what is wrong, no traceback.
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
 
