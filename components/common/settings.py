@@ -162,6 +162,9 @@ class ToolsSettings(_Section):
     image_embedder_path: str | None = Field(
         None, description="Local CLIP checkpoint folder, required when image_embedder=clip.")
     summariser: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
+    cache_prefix: str = Field(
+        "dmms:", description="Key prefix in a shared Redis cache (one per deployment or test run)."
+    )
     cache_max_entries: int = Field(
         200_000, ge=1, description="Cache size bound: oldest entries are evicted past this many."
     )

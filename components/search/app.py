@@ -148,7 +148,8 @@ def create_app(settings: Settings, index_dir: str | Path | None = None, *,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         t = settings.tools
-        cache = open_cache(t.cache_url, ttl_s=t.cache_ttl_s, max_entries=t.cache_max_entries)
+        cache = open_cache(t.cache_url, ttl_s=t.cache_ttl_s, max_entries=t.cache_max_entries,
+                           prefix=t.cache_prefix)
         text_backend, image_backend = _make_backends(settings)
         service = SearchService(settings, index, cache, metrics, make_summariser(settings),
                                 text_backend, image_backend)

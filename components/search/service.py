@@ -57,7 +57,7 @@ class SearchService:
         self.image_name = f"image_{settings.tools.image_backend}"
         n = settings.tools.backend_concurrency
         self._sems = {name: asyncio.Semaphore(n)
-                      for name in (self.text_name, self.image_name, "summariser", "grounding")}
+                      for name in (self.text_name, self.image_name, "summariser", "grounding", "page_fetch")}
 
     @property
     def ready(self) -> bool:
@@ -114,8 +114,8 @@ class SearchService:
             if self.index is None:
                 raise ToolServerError("no index loaded", code="not_ready", status=503)
             return await self._local(self.text_name, self.index.text.search, query, top_k)
-        return await self._upstream(self.text_name, lambda: self.text_backend.search(query, top_k),
-                                    self.settings.tools.retries)
+        # web backends retry with backoff on their own (tools.web_max_retries)
+        return await self._upstream(self.text_name, lambda: self.text_backend.search(query, top_k), 0)
 
     async def text_search(self, query: str, top_k: int) -> TextSearchResponse:
         query = " ".join(query.split())
@@ -128,17 +128,39 @@ class SearchService:
         key = cache_key("text", self.text_name, query.lower(), top_k)
         raw, hit_cached = await self.cc.get_or_compute("text", key, compute)
         hits = [TextHit(**h) for h in json.loads(raw)]
-        pages = await self._pages(hits)
+        pages = await self._pages(hits, web=self.text_backend is not None)
         summary, sum_cached = await self._summary(
             "text", query, hits, pages, lambda: self.summariser.summarise_text(query, hits, pages))
         return TextSearchResponse(results=hits, summary=summary, cached=hit_cached and sum_cached)
 
-    async def _pages(self, hits: list[TextHit] | list[ImageHit]) -> list[str]:
-        """Page text of each hit: the stored document for the local corpus, else the snippet."""
+    async def _pages(self, hits: list[TextHit] | list[ImageHit], web: bool) -> list[str]:
+        """Page text of each hit: the stored document (local corpus) or the fetched page (web, cached
+        in the ``page`` layer); the snippet when neither is available."""
+        if web:
+            return list(await asyncio.gather(*(self._web_page(h) for h in hits)))
         if self.index is None:
             return [h.snippet for h in hits]
         docs = await asyncio.to_thread(lambda: [self.index.text.get(h.doc_id) for h in hits])
         return [(d or {}).get("text") or h.snippet for d, h in zip(docs, hits, strict=True)]
+
+    async def _web_page(self, hit: TextHit | ImageHit) -> str:
+        if not hit.url.startswith(("http://", "https://")):
+            return hit.snippet
+        t = self.settings.tools
+
+        async def fetch() -> str:
+            from components.search.fetch import fetch_page
+
+            page = await fetch_page(hit.url, timeout_s=t.web_timeout_s, max_retries=t.web_max_retries)
+            return page.text
+
+        try:
+            text, _ = await self.cc.get_or_compute(
+                "page", cache_key("page", hit.url), lambda: self._upstream("page_fetch", fetch, retries=0))
+        except ToolServerError as exc:  # a page we cannot read still has its snippet
+            log.info("page %s not used: %s", hit.url, exc.message)
+            return hit.snippet
+        return text or hit.snippet
 
     async def _summary(self, kind: str, query: str, hits: list[Any], pages: list[str],
                        make: Callable[[], Awaitable[str]]) -> tuple[str, bool]:
@@ -168,7 +190,7 @@ class SearchService:
         raw, hit_cached = await self.cc.get_or_compute("image", key, compute)
         stored = json.loads(raw)
         hits = [ImageHit(**h) for h in stored["hits"]]
-        pages = await self._pages(hits)
+        pages = await self._pages(hits, web=self.image_backend is not None)
         summary, sum_cached = await self._summary(
             "image", "", hits, pages, lambda: self.summariser.summarise_image(hits, pages))
         return ImageSearchResponse(results=hits, summary=summary, crop_box=stored["crop_box"],
@@ -189,8 +211,7 @@ class SearchService:
     async def _image_hits(self, image: Image.Image, top_k: int) -> list[ImageHit]:
         if self.image_backend is not None:
             png = await asyncio.to_thread(to_png, image)
-            return await self._upstream(self.image_name, lambda: self.image_backend.search_image(png, top_k),
-                                        self.settings.tools.retries)
+            return await self._upstream(self.image_name, lambda: self.image_backend.search_image(png, top_k), 0)
         if self.index is None or self.index.image is None:
             raise BadRequest("this index has no images: image search needs a corpus with images.jsonl",
                              code="no_image_index", status=409)
