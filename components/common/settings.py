@@ -213,8 +213,35 @@ class AgentSettings(_Section):
     max_turns: int = Field(
         10, ge=1, description="Model turns per trajectory; datagen keeps < this (paper: 10)."
     )
+    max_invalid_turns: int = Field(
+        3, ge=1, description="Invalid model turns after which a trajectory ends (end reason invalid_limit)."
+    )
     prompt_version: str = Field("v1", description="Prompt template version (agent/prompts/).")
     concurrency: int = Field(32, ge=1, description="Trajectories in flight at once.")
+
+
+class SFTSettings(_Section):
+    """Supervised fine-tuning (components/sft): TRL SFTTrainer hyperparameters, LoRA, checkpoints."""
+
+    epochs: float = Field(3.0, gt=0, description="Training epochs over the dataset (paper: 3).")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1: run all epochs.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (paper: 1e-4).")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name (paper: cosine).")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps spent warming up (paper: 0.1).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(1, ge=1, description="Per-device train batch size.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(4096, ge=16, description="Longest tokenised conversation; longer ones are truncated.")
+    full_finetune: bool = Field(False, description="Train every language-model weight instead of LoRA.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank (paper: 8).")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    bf16: bool = Field(True, description="bf16 mixed precision (ignored, i.e. off, on CPU).")
+    gradient_checkpointing: bool = Field(True, description="Gradient checkpointing (ignored, i.e. off, on CPU).")
+    save_steps: int = Field(500, ge=1, description="Publish a resumable step checkpoint every N steps.")
+    logging_steps: int = Field(1, ge=1, description="Log metrics (MLflow) every N steps.")
+    seed: int = Field(0, description="Seed for data order and LoRA init.")
+    dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
 
 class Settings(BaseSettings):
@@ -238,6 +265,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     judge: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
     teacher: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
+    sft: SFTSettings = Field(default_factory=SFTSettings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
