@@ -50,7 +50,7 @@ def build_index(corpus: str, out: str, settings: Settings) -> dict[str, Any]:
             raise IndexFormatError(f"corpus {corpus} is not a folder (DESIGN.md §5: docs.jsonl, images.jsonl)")
         if _is_remote(out):
             work = Path(tmp, "index")
-            manifest = _build_into(corpus_dir, work, corpus)
+            manifest = _build_into(corpus_dir, work, corpus, settings)
             from components.common.storage import open_store
 
             open_store(settings).upload_dir(work, out)
@@ -59,7 +59,7 @@ def build_index(corpus: str, out: str, settings: Settings) -> dict[str, Any]:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         try:
-            manifest = _build_into(corpus_dir, work, corpus)
+            manifest = _build_into(corpus_dir, work, corpus, settings)
             if out_dir.exists():
                 shutil.rmtree(out_dir)
             work.rename(out_dir)
@@ -69,7 +69,7 @@ def build_index(corpus: str, out: str, settings: Settings) -> dict[str, Any]:
         return manifest
 
 
-def _build_into(corpus_dir: Path, work: Path, corpus: str) -> dict[str, Any]:
+def _build_into(corpus_dir: Path, work: Path, corpus: str, settings: Settings) -> dict[str, Any]:
     started = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
     text = TextIndex.build(corpus_dir / "docs.jsonl", work / "text")
@@ -83,7 +83,9 @@ def _build_into(corpus_dir: Path, work: Path, corpus: str) -> dict[str, Any]:
                 keep = {k: row.get(k) for k in ("id", "doc_id", "title", "caption", "path")}
                 fh.write(json.dumps(keep, ensure_ascii=False) + "\n")
         if rows:
-            ImageIndex.build(corpus_dir, work / "image")
+            from components.search.image_features import make_embedder
+
+            ImageIndex.build(corpus_dir, work / "image", embedder=make_embedder(settings))
             images = len(rows)
     manifest = {"format": FORMAT_VERSION, "corpus": corpus, "docs": text.num_docs, "images": images,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -118,9 +120,10 @@ def load_index(index: str, settings: Settings, cache_dir: Path | None = None) ->
     image = None
     rows: dict[str, dict[str, Any]] = {}
     if (path / "image").is_dir():
+        from components.search.image_features import make_embedder
         from components.search.image_index import ImageIndex
 
-        image = ImageIndex.load(path / "image")
+        image = ImageIndex.load(path / "image", embedder=make_embedder(settings))
     if (path / "images.jsonl").is_file():
         for line in (path / "images.jsonl").read_text(encoding="utf-8").splitlines():
             if line.strip():
