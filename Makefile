@@ -1,6 +1,7 @@
 # deepmmsearch — every target installs what it needs into .venv first.
 #   make test    the whole test suite (unit + integration against real servers on loopback)
 #   make lint    ruff
+#   make bench   every benchmark in bench/ (JSON to stdout and bench-results/)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ PIP := $(VENV)/bin/pip
 DMMS := $(VENV)/bin/dmms
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint
+.PHONY: install test lint bench
 
 install: $(STAMP)
 
@@ -27,3 +28,11 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check components pipelines tests bench
+
+# Each bench/<name>.py prints one JSON report (DESIGN.md §7) and writes bench-results/<name>.json.
+bench: $(STAMP)
+	@set -e; for f in bench/*.py; do \
+	  name=$$(basename $$f .py); \
+	  case $$name in __init__|report) continue;; esac; \
+	  echo "== bench $$name" >&2; $(PY) -m bench.$$name; \
+	done
