@@ -190,3 +190,11 @@ class ClipEmbedder:
                 feats = feats.pooler_output
             out.append(feats.float().cpu().numpy())
         return _unit(np.vstack(out)).astype(np.float32)
+
+
+def make_embedder(settings: object) -> ImageEmbedder:
+    """The embedder ``tools.image_embedder`` names: ``grid`` (default) or ``clip`` from a local path."""
+    tools = settings.tools  # type: ignore[attr-defined]
+    if tools.image_embedder == "clip":
+        return ClipEmbedder(tools.image_embedder_path, device=settings.model.device)  # type: ignore[attr-defined]
+    return GridEmbedder()

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 VERIFY_CANDIDATES = 12
 VERIFY_WEIGHT = 0.5
+REFINE_SHIFT = 0.035  # fraction of the image side: about half the window grid step
 
 
 class ImageIndexError(ValueError):
@@ -170,7 +171,7 @@ class ImageIndex:
         n_cand = min(len(per_image), max(top_k, VERIFY_CANDIDATES))
         cand = np.argpartition(-per_image, n_cand - 1)[:n_cand]
         final = self._verify(work, qboxes, cand, flat, best_q, per_image)
-        order = np.argsort(-final)[:top_k]
+        order = np.lexsort((cand, -final))[:top_k]  # ties: earlier corpus row first (deterministic)
         return [(self.ids[cand[i]], float(final[i])) for i in order]
 
     def _verify(self, work: Image.Image, qboxes: list[F.Box], cand: np.ndarray, flat: np.ndarray,
@@ -184,9 +185,25 @@ class ImageIndex:
             w = lo + int(np.argmax(flat[lo:hi]))
             sw, sh = (int(v) for v in self.sizes[c])
             grey = Image.fromarray(np.ascontiguousarray(self.grey[c, :sh, :sw]))
-            ncc = float(F.verify_thumb(grey, tuple(self.boxes[w])) @ qthumbs[int(best_q[w])])
+            thumbs = np.stack([F.verify_thumb(grey, b) for b in _refined(tuple(self.boxes[w]))])
+            ncc = float((thumbs @ qthumbs[int(best_q[w])]).max())
             out[i] = (1 - VERIFY_WEIGHT) * per_image[c] + VERIFY_WEIGHT * ncc
         return out
+
+
+def _refined(box: F.Box) -> list[F.Box]:
+    """The window and its neighbours (shifted by ~half a grid step, rescaled by ±8%), inside the image."""
+    x0, y0, x1, y1 = box
+    cx, cy, side_w, side_h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    out = [box]
+    for k in (0.92, 1.0, 1.08):
+        hw, hh = side_w * k / 2, side_h * k / 2
+        for dy in (-REFINE_SHIFT, 0.0, REFINE_SHIFT):
+            for dx in (-REFINE_SHIFT, 0.0, REFINE_SHIFT):
+                b = (cx + dx - hw, cy + dy - hh, cx + dx + hw, cy + dy + hh)
+                if b[0] >= -1e-6 and b[1] >= -1e-6 and b[2] <= 1 + 1e-6 and b[3] <= 1 + 1e-6 and b != box:
+                    out.append(b)
+    return out
 
 
 def _embed_boxes(embedder: F.ImageEmbedder, work: Image.Image, boxes: list[F.Box]) -> np.ndarray:
