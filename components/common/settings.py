@@ -244,6 +244,33 @@ class SFTSettings(_Section):
     dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
 
+class EvaluateSettings(_Section):
+    """Evaluation: benchmarks x modes (direct, rag, agent), judged, reported."""
+
+    endpoint: LLMEndpointSettings = Field(
+        default_factory=LLMEndpointSettings,
+        description="Timeouts, retries and key for a model evaluated behind an OpenAI-compatible endpoint.")
+    judge: Literal["rule", "llm"] = Field(
+        "rule", description="rule (no model) or llm (the paper's CORRECT/INCORRECT judge at DMMS_JUDGE__*).")
+    limit: int | None = Field(None, ge=1, description="Items per benchmark (deterministic sample); all if unset.")
+    seed: int = Field(0, description="Seed of the benchmark sub-sample.")
+    concurrency: int = Field(8, ge=1, description="Samples in flight at once.")
+    out_dir: str = Field(".dmms/eval", description="Local folder for samples, table, plots and the HTML report.")
+
+
+class PromoteSettings(_Section):
+    """Promotion gates: a challenger becomes champion only if it passes all of them."""
+
+    min_accuracy: float = Field(
+        0.0, ge=0.0, le=100.0, description="Minimum average accuracy (%) of the gated mode.")
+    max_regression: float = Field(
+        2.0, ge=0.0, le=100.0,
+        description="No benchmark may be worse than the champion's by more than this many points.")
+    max_format_error_rate: float = Field(
+        20.0, ge=0.0, le=100.0, description="Ceiling on the share (%) of samples with a format error.")
+    mode: str = Field("agent", description="The evaluation mode whose numbers the gates read.")
+
+
 class Settings(BaseSettings):
     """The whole tree. Build it with :func:`load_settings` to get readable errors."""
 
@@ -266,6 +293,8 @@ class Settings(BaseSettings):
     judge: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
     teacher: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
     sft: SFTSettings = Field(default_factory=SFTSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    promote: PromoteSettings = Field(default_factory=PromoteSettings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
