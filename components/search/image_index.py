@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from components.search import image_features as F
 
@@ -104,7 +105,7 @@ class ImageIndex:
             raise ImageIndexError(f"{corpus_dir / 'images.jsonl'} lists no images")
         vecs, boxes, starts, grey, sizes = [], [], [], [], []
         total = 0
-        for row in rows:
+        for row in tqdm(rows, desc="image index", unit="img", disable=len(rows) < 500):
             work = _open(corpus_dir / row["path"], row["id"])
             wb = F.window_boxes(work)
             vecs.append(_embed_boxes(embedder, work, wb))
