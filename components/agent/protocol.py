@@ -53,6 +53,9 @@ WHOLE_IMAGE = "<img>"
 GIVE_UP_ANSWER = "Unable to answer due to lack of relevant information"
 STOP_STRINGS = tuple(f"</{t}>" for t in ACTION_TAGS)
 INFO_OPEN, INFO_CLOSE = f"<{INFORMATION}>", f"</{INFORMATION}>"
+# Every tag string of the protocol (e.g. to add them as single tokens to a tokenizer).
+PROTOCOL_TAGS = (*(f"<{c}{n}>" for n in (REASON, *ACTION_TAGS, INFORMATION) for c in ("", "/")),
+                 WHOLE_IMAGE, "</img>")
 
 
 class ActionKind(StrEnum):
