@@ -1,0 +1,130 @@
+"""The evaluation modes: ``direct`` (no tools), ``rag`` (a fixed search workflow) and ``agent`` (the loop).
+
+Why these three: they are the paper's baselines (Table 1) — what the model knows alone, what a
+fixed "search the image, then the question" pipeline adds, and what on-demand search adds. Each
+mode answers one :class:`BenchItem` and returns an :class:`EvalSample` that the judge has scored.
+
+- direct: one model turn; the prompt (``prompts/direct_v1.txt``) asks for ``<reason>`` + ``<answer>``.
+- rag: whole-image search, then a text search with the question, then one model turn with both
+  results in ``<information>`` blocks (``prompts/rag_v1.txt``). Tool failures become text.
+- agent: the agent loop (``components/agent/loop.py``), wired in :mod:`components.evaluate.run`
+  when that loop is available.
+
+The model's turn is read with the protocol's parser (:func:`parse_turn`); a turn that is not a
+valid ``<answer>`` counts as a format error and its raw text is judged as the prediction.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from PIL import Image
+
+from components.agent.judges import LLMJudge, RuleJudge, Verdict
+from components.agent.protocol import GIVE_UP_ANSWER, ActionKind, parse_turn
+from components.evaluate.benchmarks import BenchItem
+from components.evaluate.generate import Generator
+from components.evaluate.records import EvalSample, TurnRecord
+from components.search.client import ToolClient
+
+MODES = ("direct", "rag", "agent")
+PROMPT_VERSION = "v1"
+Judge = RuleJudge | LLMJudge
+
+
+@cache
+def _env() -> jinja2.Environment:
+    loader = jinja2.FunctionLoader(
+        lambda name: resources.files("components.evaluate").joinpath("prompts", name).read_text())
+    return jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def render(name: str, **values: Any) -> str:
+    return _env().get_template(f"{name}_{PROMPT_VERSION}.txt").render(give_up=GIVE_UP_ANSWER, **values).strip()
+
+
+def build_messages(mode: str, question: str, information: list[str] = ()) -> list[dict[str, Any]]:
+    """System prompt + one user turn (the image first, then the text)."""
+    # Tool text may contain anything: defuse angle brackets so no result can forge a protocol tag.
+    blocks = [b.replace("<", "&lt;") for b in information]
+    user = render("user", question=question.strip(), information=blocks)
+    return [{"role": "system", "content": render(mode)},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]}]
+
+
+async def judge_answer(judge: Judge, question: str, golds: list[str], prediction: str) -> Verdict:
+    if isinstance(judge, LLMJudge):
+        return await judge.ajudge(question, golds, prediction)
+    return judge.judge(question, golds, prediction)
+
+
+def _new_sample(benchmark: str, mode: str, item: BenchItem, root: str) -> EvalSample:
+    return EvalSample(benchmark=benchmark, mode=mode, item_id=item.id, question=item.question,
+                      answers=item.answers, image_path=str((Path(root) / item.image).resolve()))
+
+
+async def _answer_turn(sample: EvalSample, gen: Generator, messages: list[dict[str, Any]],
+                       image: Image.Image) -> None:
+    """One model turn: generate, parse, record the prediction (or the format error)."""
+    t0 = time.perf_counter()
+    text = await gen.generate(messages, image)
+    action = parse_turn(text)
+    sample.model_turns += 1
+    if action.kind == ActionKind.ANSWER:
+        sample.prediction = action.answer or ""
+        sample.end_reason = "give_up" if action.gives_up else "answer"
+    else:
+        sample.format_errors += 1
+        sample.prediction = text.strip()
+        sample.end_reason = "invalid" if not action.valid else f"unexpected_{action.kind.value}"
+    sample.turns.append(TurnRecord(role="model", text=text, action=action.kind.value,
+                                   error=action.error, latency_s=time.perf_counter() - t0))
+
+
+async def _judge(sample: EvalSample, judge: Judge) -> EvalSample:
+    verdict = await judge_answer(judge, sample.question, sample.answers, sample.prediction)
+    sample.correct, sample.judge, sample.judge_detail = verdict.correct, verdict.judge, verdict.detail
+    return sample
+
+
+async def run_direct(benchmark: str, root: str, item: BenchItem, gen: Generator, judge: Judge) -> EvalSample:
+    sample = _new_sample(benchmark, "direct", item, root)
+    t0 = time.perf_counter()
+    with Image.open(sample.image_path) as img:
+        image = img.convert("RGB")
+    await _answer_turn(sample, gen, build_messages("direct", item.question), image)
+    sample.latency_s = time.perf_counter() - t0
+    return await _judge(sample, judge)
+
+
+async def run_rag(benchmark: str, root: str, item: BenchItem, gen: Generator, judge: Judge,
+                  tools: ToolClient) -> EvalSample:
+    sample = _new_sample(benchmark, "rag", item, root)
+    t0 = time.perf_counter()
+    with Image.open(sample.image_path) as img:
+        image = img.convert("RGB")
+    information = []
+    t1 = time.perf_counter()
+    img_resp, img_err = await tools.safe_image_search(image)
+    text = img_resp.summary if img_resp else img_err
+    sample.image_searches += 1
+    sample.turns.append(TurnRecord(role="tool", action="image_search", text=text or "", error=img_err,
+                                   crop_box=img_resp.crop_box if img_resp else None,
+                                   latency_s=time.perf_counter() - t1))
+    information.append(text or "")
+    t1 = time.perf_counter()
+    txt_resp, txt_err = await tools.safe_text_search(item.question)
+    text = txt_resp.summary if txt_resp else txt_err
+    sample.text_searches += 1
+    sample.turns.append(TurnRecord(role="tool", action="text_search", query=item.question, text=text or "",
+                                   error=txt_err, latency_s=time.perf_counter() - t1))
+    information.append(text or "")
+    await _answer_turn(sample, gen, build_messages("rag", item.question, information), image)
+    sample.latency_s = time.perf_counter() - t0
+    return await _judge(sample, judge)
