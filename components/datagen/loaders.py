@@ -147,6 +147,8 @@ def load_infoseek(jsonl: Path, image_dir: Path, out: Path, *, id2image: Path | N
             answers = infoseek_answers(row)
             if not answers:
                 raise VQAError(f"{where}: no usable answer in 'answer' or 'answer_eng'")
+            if w.has_id(str(row["data_id"])):
+                raise VQAError(f"{where}: data_id {row['data_id']!r} repeats an earlier row")
             src = finder.find(str(row["image_id"]))
             if src is None:
                 raise VQAError(f"{where}: image {row['image_id']!r} not found under {image_dir}")
@@ -246,6 +248,8 @@ def load_fvqa(path: Path, out: Path, *, image_dir: Path | None = None, limit: in
                                "(reward_model.ground_truth or candidate_answers)")
             data = _fvqa_image(row, base, where)
             qid = str(row.get("data_id") or f"fvqa_{i}")
+            if w.has_id(qid):
+                raise VQAError(f"{where}: data_id {qid!r} repeats an earlier row")
             rel = f"images/{re.sub(r'[^A-Za-z0-9_.-]', '_', qid)}{_image_format(data, where)}"
             label = str(row.get("category") or "").lower()
             requires = True if label == "search_required" else False if label == "search_free" else None

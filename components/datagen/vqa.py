@@ -124,6 +124,9 @@ class VQAWriter:
     def has_image(self, rel: str) -> bool:
         return rel in self._images
 
+    def has_id(self, item_id: str) -> bool:
+        return item_id in self._ids
+
     def add(self, item: VQAItem | Mapping[str, Any], image: ImageSource | None = None) -> VQAItem:
         """Add an item; ``image`` may be omitted when an earlier item already wrote that path."""
         it = item if isinstance(item, VQAItem) else VQAItem.model_validate(item)
