@@ -251,12 +251,11 @@ def _decode_image(value: Any, images: dict[str, Path]) -> Path | bytes | None:
     name = value.rsplit("/", 1)[-1].split("?")[0]
     if name in images or Path(name).stem in images:
         return images.get(name) or images[Path(name).stem]
-    if len(value) > 256:  # inline base64 (data URL or bare)
-        try:
-            return base64.b64decode(value.split(",", 1)[-1], validate=False)
-        except ValueError:
-            return None
-    return None
+    try:  # inline base64 (data URL or bare) of a PNG or JPEG
+        data = base64.b64decode(value.split(",", 1)[-1], validate=True)
+    except ValueError:
+        return None
+    return data if data[:3] == JPEG_MAGIC or data[:8] == b"\x89PNG\r\n\x1a\n" else None
 
 
 def _simplevqa(src: Path, w: _Writer) -> None:
