@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from components.common.atomic import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +150,9 @@ def build_tiny_model(out: Path, seed: int = 0, max_pixels: int | None = None) ->
     tokenizer = train_tokenizer(CORPUS_PATH.read_text(encoding="utf-8"))
     processor = make_processor(tokenizer, max_pixels)
     model = make_model(tokenizer, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the model folder is not a secret
+    with staged_dir(out) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     n_params = sum(p.numel() for p in model.parameters())
     log.warning("built a RANDOM tiny Qwen2.5-VL (%d parameters, vocab %d, seed %d) at %s in %.2f s; "
                 "it is for exercising the pipeline offline, not a real model",

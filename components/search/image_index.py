@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from components.common.atomic import staged_dir
 from components.search import image_features as F
 
 log = logging.getLogger(__name__)
@@ -122,22 +121,13 @@ class ImageIndex:
         return index
 
     def save(self, out_dir: Path) -> None:
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        with staged_dir(Path(out_dir)) as tmp:
             for name in ("vectors", "boxes", "starts", "grey", "sizes"):
                 np.save(tmp / f"{name}.npy", getattr(self, name))
             (tmp / "records.json").write_text(json.dumps(self.records, ensure_ascii=False))
             meta = {"format": FORMAT_VERSION, "embedder": self.embedder.name, "dim": self.embedder.dim,
                     "images": len(self.records), "windows": int(self.vectors.shape[0])}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            tmp.rename(out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     # ---- load --------------------------------------------------------------------------------
     @classmethod

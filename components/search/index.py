@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.common.atomic import staged_dir
 from components.common.settings import Settings
 from components.search.text_index import IndexFormatError, TextIndex
 
@@ -55,18 +55,8 @@ def build_index(corpus: str, out: str, settings: Settings) -> dict[str, Any]:
 
             open_store(settings).upload_dir(work, out)
             return manifest
-        out_dir = _local(out)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
-            manifest = _build_into(corpus_dir, work, corpus, settings)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            work.rename(out_dir)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        return manifest
+        with staged_dir(_local(out)) as work:
+            return _build_into(corpus_dir, work, corpus, settings)
 
 
 def _build_into(corpus_dir: Path, work: Path, corpus: str, settings: Settings) -> dict[str, Any]:

@@ -23,14 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from components.common.atomic import staged_dir
 from components.world import draw, visual
 from components.world.entities import Entity, build_entities
 from components.world.pages import page_text, page_url
@@ -170,12 +169,10 @@ def _visual_questions(w: _Writer, n: int, rng: random.Random) -> None:
             w.add(split, rel, question, answers, False, category, None, {"kind": "visual"})
 
 
-def _prepare_out(out: Path) -> Path:
+def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "world.json").is_file())):
         raise WorldError(f"{out} exists and is not a world made by `dmms world make`: "
                          "choose a new or empty --out folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
 
 
 def make_world(out: Path, n_entities: int, seed: int) -> WorldSummary:
@@ -183,15 +180,9 @@ def make_world(out: Path, n_entities: int, seed: int) -> WorldSummary:
     out = Path(out)
     if n_entities < 5:
         raise WorldError(f"--entities must be at least 5 (one of each kind), got {n_entities}")
-    tmp = _prepare_out(out)
-    try:
+    _check_out(out)
+    with staged_dir(out) as tmp:
         summary = _make(tmp, out, n_entities, seed)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("world: %d entities, %s questions -> %s", summary.entities, summary.questions, out)
     return summary
 
