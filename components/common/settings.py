@@ -271,6 +271,66 @@ class PromoteSettings(_Section):
     mode: str = Field("agent", description="The evaluation mode whose numbers the gates read.")
 
 
+class PipelinesSettings(_Section):
+    """Kubeflow Pipelines: images, where runs go, GPU node pools, Secrets (pipelines/, components/kfp/)."""
+
+    base_image: str = Field("deepmmsearch/toolserver:0.1.0",
+                            description="Image of the CPU steps (world, index, datagen, promote): has the package.")
+    train_image: str = Field("deepmmsearch/train:0.1.0",
+                             description="Image of the GPU steps (sft, grpo, evaluate): CUDA, torch, trl, vllm.")
+    image_registry: str | None = Field(None, description="Registry `make images` pushes to (e.g. ghcr.io/org).")
+    kfp_host: str | None = Field(None, description="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80 "
+                                 "(also read from KFP_HOST).")
+    experiment: str = Field("deepmmsearch", description="KFP experiment that submitted runs join.")
+    namespace: str = Field("kubeflow", description="KFP namespace (multi-user: the profile namespace).")
+    service_account: str = Field("dmms-pipeline",
+                                 description="Service account of the pipeline pods (RBAC for rollout pods).")
+    pipeline_root: str = Field("s3://deepmmsearch/kfp",
+                               description="KFP pipeline_root on the cluster (artifacts of each run).")
+    local_root: str = Field(".dmms/kfp", description="pipeline_root of the KFP local runner (`dmms run`).")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Timeout of the reachability check of kfp_host.")
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"cloud.google.com/gke-nodepool": "gpu"},
+        description="Node selector of the GPU steps (the GPU node pool's label).")
+    gpu_tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="Tolerations of the GPU steps (key, operator, value?, effect).")
+    gpu_accelerator: str = Field("nvidia.com/gpu", description="Accelerator resource the GPU steps request.")
+    gpu_count: int = Field(1, ge=1, description="GPUs per GPU step (paper profile: 8).")
+    gpu_cpu: str = Field("8", description="CPU request/limit of a GPU step.")
+    gpu_memory: str = Field("64Gi", description="Memory request/limit of a GPU step.")
+    shm_size: str = Field("16Gi", description="Size of the /dev/shm memory emptyDir of GPU steps.")
+    cpu_cpu: str = Field("2", description="CPU limit of a CPU step.")
+    cpu_memory: str = Field("8Gi", description="Memory limit of a CPU step.")
+    retries: int = Field(3, ge=0, le=10, description="Retries of preemptible steps (datagen, sft, grpo, evaluate).")
+    retry_backoff: str = Field("60s", description="First backoff between retries (KFP duration).")
+    secrets: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {
+            "minio-credentials": {"rootUser": "DMMS_STORAGE__ACCESS_KEY",
+                                  "rootPassword": "DMMS_STORAGE__SECRET_KEY"},
+            "toolserver-secrets": {"token": "DMMS_TOOLS__TOKEN"},
+            "hf-token": {"token": "HF_TOKEN"},
+        },
+        description="Kubernetes Secrets mounted as env in every step: secret -> {key: ENV_VAR}.")
+    cluster_env: dict[str, str] = Field(
+        default_factory=lambda: {
+            "DMMS_STORAGE__ROOT": "s3://deepmmsearch",
+            "DMMS_STORAGE__ENDPOINT": "minio.deepmmsearch.svc:9000",
+            "DMMS_STORAGE__SECURE": "false",
+            "DMMS_TRACKING__URI": "http://mlflow.deepmmsearch.svc:5000",
+            "DMMS_TOOLS__URL": "http://toolserver.deepmmsearch.svc:8080",
+            "DMMS_TOOLS__INDEX": "s3://deepmmsearch/index/current",
+            "DMMS_JUDGE__BASE_URL": "http://vllm-judge.deepmmsearch.svc:8000/v1",
+            "DMMS_JUDGE__MODEL": "judge",
+            "DMMS_LOG_FORMAT": "json",
+        },
+        description="Non-secret DMMS_* env of every step on the cluster (Service names of manifests/).")
+    optional_secrets: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"llm-credentials": {"judge-api-key": "DMMS_JUDGE__API_KEY",
+                                                     "teacher-api-key": "DMMS_TEACHER__API_KEY"}},
+        description="Secrets mounted as env when they exist (hosted judge/teacher keys).")
+
+
 class Settings(BaseSettings):
     """The whole tree. Build it with :func:`load_settings` to get readable errors."""
 
@@ -295,6 +355,7 @@ class Settings(BaseSettings):
     sft: SFTSettings = Field(default_factory=SFTSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     promote: PromoteSettings = Field(default_factory=PromoteSettings)
+    pipelines: PipelinesSettings = Field(default_factory=PipelinesSettings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

@@ -1,0 +1,74 @@
+"""How a pipeline task runs on the cluster: env, Secrets, GPUs, retries, caching (kfp-kubernetes).
+
+Why one place: every pipeline configures its tasks the same way, and the tests read the compiled
+YAML for exactly these settings. ``Placement`` says what a task needs; :func:`configure` applies it:
+
+- env: the non-secret ``DMMS_*`` of ``settings.pipelines.cluster_env`` (+ ``DMMS_PROFILE``), and the
+  Kubernetes Secrets of ``settings.pipelines.secrets`` as env (``kubernetes.use_secret_as_env``);
+- GPU steps: accelerator type and count, CPU/memory, the GPU node pool's node selector and
+  tolerations, ``/dev/shm`` as a memory emptyDir (NCCL and DataLoader workers need more than 64 MB);
+- retries with exponential backoff on preemptible steps; caching only on deterministic steps.
+
+Built with ``cluster=False`` (the KFP local runner) a task gets no env: the local runner would pass
+it to the subprocess, and the cluster's Service names mean nothing on a laptop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kfp import dsl, kubernetes
+
+from components.common.settings import Settings
+
+SHM_VOLUME = "dshm"
+
+
+@dataclass(frozen=True)
+class Placement:
+    gpu: bool = False
+    retry: bool = False
+    cache: bool = False
+
+
+CPU_CACHED = Placement(cache=True)
+CPU = Placement()
+CPU_RETRY = Placement(retry=True)
+GPU = Placement(gpu=True, retry=True)
+
+
+def configure(task: dsl.PipelineTask, settings: Settings, place: Placement, *, profile: str,
+              cluster: bool, gpu_pool: bool = True) -> dsl.PipelineTask:
+    """Apply env, Secrets, resources, retries and caching to ``task``; return it."""
+    p = settings.pipelines
+    task.set_caching_options(place.cache)
+    if place.retry:
+        task.set_retry(p.retries, backoff_duration=p.retry_backoff, backoff_factor=2.0)
+    if not cluster:
+        return task
+    task.set_env_variable("DMMS_PROFILE", profile)
+    for key, value in p.cluster_env.items():
+        task.set_env_variable(key, value)
+    for name, keys in p.secrets.items():
+        kubernetes.use_secret_as_env(task, name, keys)
+    for name, keys in p.optional_secrets.items():
+        kubernetes.use_secret_as_env(task, name, keys, optional=True)
+    if place.gpu and gpu_pool:
+        _gpu(task, settings)
+    else:
+        task.set_cpu_limit(p.cpu_cpu).set_memory_limit(p.cpu_memory)
+    return task
+
+
+def _gpu(task: dsl.PipelineTask, settings: Settings) -> None:
+    p = settings.pipelines
+    task.set_accelerator_type(p.gpu_accelerator).set_accelerator_limit(p.gpu_count)
+    task.set_cpu_request(p.gpu_cpu).set_cpu_limit(p.gpu_cpu)
+    task.set_memory_request(p.gpu_memory).set_memory_limit(p.gpu_memory)
+    for key, value in p.gpu_node_selector.items():
+        kubernetes.add_node_selector(task, key, value)
+    for tol in p.gpu_tolerations:
+        kubernetes.add_toleration(task, key=tol.get("key"), operator=tol.get("operator"),
+                                  value=tol.get("value"), effect=tol.get("effect"))
+    kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory",
+                               size_limit=p.shm_size)
