@@ -59,11 +59,13 @@ def _with_image(messages: list[dict[str, Any]], image_element: dict[str, Any]) -
 class LocalGenerator:
     """A transformers checkpoint in this process; generation runs in a worker thread, one at a time."""
 
-    def __init__(self, path: str, settings: Settings, max_new_tokens: int | None = None):
+    def __init__(self, path: str, settings: Settings, max_new_tokens: int | None = None,
+                 loaded: tuple[Any, Any] | None = None):
         from components.agent.models import load_model_and_processor
 
         self.name = f"local:{path}"
-        self.model, self.processor = load_model_and_processor(path, settings.model)
+        # ``loaded``: a (model, processor) already in memory (the agent mode's), not loaded twice.
+        self.model, self.processor = loaded or load_model_and_processor(path, settings.model)
         self.max_new_tokens = max_new_tokens or settings.model.max_new_tokens
         self.seed = settings.model.seed
         self._lock = asyncio.Lock()
@@ -111,12 +113,15 @@ class OpenAIGenerator:
         await self._client.aclose()
 
 
-def open_generator(spec: ModelSpec, settings: Settings) -> Generator:
-    """The generator for ``spec``; an openai spec borrows timeouts, retries and key from
-    ``settings.evaluate.endpoint``."""
-    if spec.backend == "local":
-        return LocalGenerator(spec.name, settings)
+def endpoint_of(spec: ModelSpec, settings: Settings) -> LLMEndpointSettings:
+    """The endpoint of an openai spec: timeouts, retries and key from ``settings.evaluate.endpoint``."""
     if not spec.base_url:
         raise ValueError("an openai model needs its endpoint: pass --endpoint http://host:port/v1")
-    endpoint = settings.evaluate.endpoint.model_copy(update={"base_url": spec.base_url, "model": spec.name})
-    return OpenAIGenerator(endpoint)
+    return settings.evaluate.endpoint.model_copy(update={"base_url": spec.base_url, "model": spec.name})
+
+
+def open_generator(spec: ModelSpec, settings: Settings, loaded: tuple[Any, Any] | None = None) -> Generator:
+    """The one-turn generator for ``spec`` (``loaded``: reuse a model already in memory)."""
+    if spec.backend == "local":
+        return LocalGenerator(spec.name, settings, loaded=loaded)
+    return OpenAIGenerator(endpoint_of(spec, settings))

@@ -7,8 +7,7 @@ mode answers one :class:`BenchItem` and returns an :class:`EvalSample` that the 
 - direct: one model turn; the prompt (``prompts/direct_v1.txt``) asks for ``<reason>`` + ``<answer>``.
 - rag: whole-image search, then a text search with the question, then one model turn with both
   results in ``<information>`` blocks (``prompts/rag_v1.txt``). Tool failures become text.
-- agent: the agent loop (``components/agent/loop.py``), wired in :mod:`components.evaluate.run`
-  when that loop is available.
+- agent: the agent loop (``components/agent/loop.py``), run by :mod:`components.evaluate.agent_mode`.
 
 The model's turn is read with the protocol's parser (:func:`parse_turn`); a turn that is not a
 valid ``<answer>`` counts as a format error and its raw text is judged as the prediction.

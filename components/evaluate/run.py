@@ -71,9 +71,6 @@ def _check_modes(modes: list[str]) -> None:
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise EvalError(f"unknown mode(s) {bad or modes}: use one or more of {', '.join(MODES)}")
-    if "agent" in modes:
-        raise EvalError("mode 'agent' needs the agent loop (components/agent/loop.py), which this "
-                        "build does not wire into evaluation yet: use --modes direct,rag")
 
 
 async def run_samples(benchmarks: list[Benchmark], modes: list[str], gen: Generator, judge: Judge,
@@ -106,14 +103,25 @@ def _tool_client(settings: Settings, tools_url: str | None) -> ToolClient:
 
 async def _collect(settings: Settings, spec: ModelSpec, benches: list[Benchmark], modes: list[str],
                    tools_url: str | None, judge: Judge) -> list[EvalSample]:
-    gen = open_generator(spec, settings)
-    tools = _tool_client(settings, tools_url) if "rag" in modes else None
+    baseline_modes = [m for m in modes if m != "agent"]
+    agent_gen = gen = None
+    tools = _tool_client(settings, tools_url) if ("rag" in modes or "agent" in modes) else None
     try:
-        return await run_samples(benches, modes, gen, judge, tools, settings.evaluate.concurrency)
+        samples: list[EvalSample] = []
+        if "agent" in modes:
+            from components.evaluate.agent_mode import open_agent_generator, run_agent
+
+            agent_gen = open_agent_generator(spec, settings)
+            samples += await run_agent(benches, agent_gen, tools, judge, settings)
+        if baseline_modes:
+            loaded = (agent_gen.model, agent_gen.processor) if hasattr(agent_gen, "model") else None
+            gen = open_generator(spec, settings, loaded)
+            samples += await run_samples(benches, baseline_modes, gen, judge, tools, settings.evaluate.concurrency)
+        return samples
     finally:
-        await gen.aclose()
-        if tools is not None:
-            await tools.aclose()
+        for closable in (gen, agent_gen, tools):
+            if closable is not None:
+                await closable.aclose()
         if isinstance(judge, LLMJudge):
             await judge.aclose()
 

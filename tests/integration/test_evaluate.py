@@ -147,3 +147,47 @@ def test_bad_requests_say_what_to_change(world_bench, toolserver, mlflow_server,
     with pytest.raises(EvalError, match="DMMS_JUDGE__BASE_URL"):
         evaluate(settings_for(mlflow_server, toolserver, tmp_path, evaluate={"judge": "llm"}), spec,
                  [f"world={folder}"], ["direct"])
+
+
+def test_agent_mode_with_tiny_model(tiny_model, world_bench, toolserver, mlflow_server, tmp_path):
+    """The random tiny model rarely follows the protocol: its invalid turns are counted as format errors."""
+    folder, rows = world_bench
+    settings = settings_for(mlflow_server, toolserver, tmp_path, agent={"max_turns": 3, "max_invalid_turns": 2})
+    result = evaluate(settings, ModelSpec(name=str(tiny_model)), [f"world={folder}"], ["agent", "direct"],
+                      tools_url=toolserver.url)
+    samples = [json.loads(line) for line in open(result.files["samples"])]
+    agent = [s for s in samples if s["mode"] == "agent"]
+    assert len(agent) == len(rows) and len(samples) == 2 * len(rows)
+    for s in agent:
+        assert 1 <= s["model_turns"] <= 3 and s["end_reason"] and s["judge"] == "rule"
+        assert s["format_errors"] == sum(t["action"] == "invalid" for t in s["turns"] if t["role"] == "model")
+    assert result.metrics["turns.world.agent"] >= 1.0
+    table = open(result.files["table_md"]).read().splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["agent", "direct"]
+
+
+def test_agent_mode_searches_then_answers(world_bench, toolserver, mlflow_server, openai_server, tmp_path):
+    """A scripted OpenAI-compatible agent: text search with the monument's name, then the year it read."""
+    folder, rows = world_bench
+
+    def respond(body):
+        text = json.dumps(body["messages"])
+        row = next(r for r in rows if r["question"] in text)
+        if not any(m["role"] == "assistant" for m in body["messages"]):
+            return f"<reason>Look it up.</reason>\n<text_search>{row['entity']} monument</text_search>"
+        info = body["messages"][-1]["content"]
+        info = info if isinstance(info, str) else json.dumps(info)
+        year = re.search(r"\b(1[6-9]\d\d)\b", info)
+        return f"<reason>Found it.</reason>\n<answer>{year.group(1) if year else 'unknown'}</answer>"
+    openai_server.responder = respond
+    settings = settings_for(mlflow_server, toolserver, tmp_path)
+    spec = ModelSpec(backend="openai", name="agent-vlm", base_url=openai_server.base_url)
+    result = evaluate(settings, spec, [f"world={folder}"], ["agent"], tools_url=toolserver.url)
+    samples = [json.loads(line) for line in open(result.files["samples"])]
+    for s in samples:
+        assert [t["role"] for t in s["turns"]] == ["model", "tool", "model"]
+        assert s["turns"][1]["action"] == "text_search" and s["turns"][1]["text"]
+        assert s["text_searches"] == 1 and s["model_turns"] == 2 and s["format_errors"] == 0
+    m = result.metrics
+    assert m["searches_per_question.world.agent"] == 1.0 and m["text_share.world.agent"] == 100.0
+    assert m["accuracy.world.agent"] >= 50.0  # the monument's page (with its year) comes back first
