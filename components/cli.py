@@ -48,6 +48,8 @@ def _register() -> None:
     from components.world import cli as world_cli; world_cli.register(app)  # noqa: E702, I001
     from components.evaluate import cli as evaluate_cli; evaluate_cli.register(app)  # noqa: E702, I001
     from components.registry import cli as registry_cli; registry_cli.register(app)  # noqa: E702, I001
+    from components.grpo import cli as grpo_cli; grpo_cli.register(app)  # noqa: E702, I001
+    from components.datagen import cli as datagen_cli; datagen_cli.register(app)  # noqa: E702, I001
 
 
 def main() -> None:

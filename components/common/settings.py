@@ -258,6 +258,43 @@ class EvaluateSettings(_Section):
     out_dir: str = Field(".dmms/eval", description="Local folder for samples, table, plots and the HTML report.")
 
 
+class GRPOSettings(_Section):
+    """Online RL (components/grpo): TRL GRPOTrainer with the agent loop as rollout_func (DESIGN.md §1)."""
+
+    num_generations: int = Field(8, ge=2, description="Rollouts per prompt, the GRPO group (paper: 8).")
+    epochs: float = Field(30.0, gt=0, description="Epochs over the RL prompts (paper §4.1: 30; App. D says 20).")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1: run all epochs.")
+    learning_rate: float = Field(2e-6, gt=0, description="Learning rate (paper: 2e-6).")
+    lr_scheduler: str = Field("constant", description="transformers scheduler name.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    beta: float = Field(0.001, ge=0, description="KL coefficient (paper: 0.001; > 0 loads a reference model).")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="PPO-style clip range (paper: 0.2).")
+    temperature: float = Field(1.0, gt=0, le=2.0, description="Rollout sampling temperature.")
+    batch_size: int = Field(8, ge=1, description="Per-device rollouts per micro-batch; with grad_accum and the "
+                            "world size it makes the rollouts per step (paper §4.1: 512; App. D: 256).")
+    grad_accum: int = Field(8, ge=1, description="Gradient accumulation steps.")
+    max_response_tokens: int = Field(8192, ge=16, description="Longest response of one trajectory (model and "
+                                     "tool tokens); longer ones are cut there (paper: 8192).")
+    correct_weight: float = Field(0.9, ge=0, description="Weight of the correctness reward (paper: 0.9).")
+    format_weight: float = Field(0.1, ge=0, description="Weight of the format reward (paper: 0.1).")
+    search_penalty: float = Field(0.0, ge=0, le=1, description="MMSearch-R1's penalty: a correct answer that "
+                                  "searched earns 1 - this (MMSearch-R1: 0.1; 0 = off, the paper).")
+    judge: Literal["auto", "rule", "llm"] = Field(
+        "auto", description="Correctness judge: rule, llm (DMMS_JUDGE__*), or auto (llm if DMMS_JUDGE__BASE_URL is set).")
+    full_finetune: bool = Field(True, description="Train every language-model weight; false: LoRA (merged at the end).")
+    lora_r: int = Field(8, ge=1, description="LoRA rank when full_finetune is false.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    bf16: bool = Field(True, description="bf16 mixed precision (ignored, i.e. off, on CPU).")
+    gradient_checkpointing: bool = Field(True, description="Gradient checkpointing (ignored, i.e. off, on CPU).")
+    save_steps: int = Field(50, ge=1, description="Publish a resumable step checkpoint every N steps.")
+    logging_steps: int = Field(1, ge=1, description="Log metrics (MLflow) every N steps.")
+    seed: int = Field(0, description="Seed for data order and sampling.")
+    use_vllm: bool = Field(False, description="Roll out on a vLLM server (trl vllm-serve) kept in sync with the policy.")
+    vllm_server_base_url: str | None = Field(
+        None, description="URL of the rollout vLLM server, e.g. http://grpo-rollout:8000; required with use_vllm.")
+    vllm_group_port: int = Field(51216, ge=1, le=65535, description="Port the trainer listens on for weight sync.")
+
+
 class PromoteSettings(_Section):
     """Promotion gates: a challenger becomes champion only if it passes all of them."""
 
@@ -355,6 +392,7 @@ class Settings(BaseSettings):
     sft: SFTSettings = Field(default_factory=SFTSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     promote: PromoteSettings = Field(default_factory=PromoteSettings)
+    grpo: GRPOSettings = Field(default_factory=GRPOSettings)
     pipelines: PipelinesSettings = Field(default_factory=PipelinesSettings)
 
     @model_validator(mode="after")
@@ -387,6 +425,9 @@ class Settings(BaseSettings):
         if self.tools.image_embedder == "clip" and not self.tools.image_embedder_path:
             problems.append(f"{env_name('tools', 'image_embedder_path')} is required for "
                             f"{env_name('tools', 'image_embedder')}=clip")
+        if self.grpo.use_vllm and not self.grpo.vllm_server_base_url:
+            problems.append(f"{env_name('grpo', 'vllm_server_base_url')} is required when "
+                            f"{env_name('grpo', 'use_vllm')}=true (the rollout server, e.g. http://grpo-rollout:8000)")
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
