@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip
 DMMS := $(VENV)/bin/dmms
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench
+.PHONY: install test lint bench browser
 
 install: $(STAMP)
 
@@ -23,7 +23,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# Headless Chromium renders the HTML report in the screenshot tests; installed from Debian's
+# packages when we are root and it is missing (otherwise those tests skip and say why).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "note: chromium not installed; the report screenshot tests will skip" >&2
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
