@@ -50,6 +50,7 @@ def _register() -> None:
     from components.registry import cli as registry_cli; registry_cli.register(app)  # noqa: E702, I001
     from components.grpo import cli as grpo_cli; grpo_cli.register(app)  # noqa: E702, I001
     from components.datagen import cli as datagen_cli; datagen_cli.register(app)  # noqa: E702, I001
+    from pipelines import cli as pipelines_cli; pipelines_cli.register(app)  # noqa: E702, I001  (entry point, not a core)
 
 
 def main() -> None:

@@ -41,8 +41,11 @@ class Build:
                          gpu_pool=self.gpu_pool)
 
 
-DataOutputs = NamedTuple("DataOutputs", [("world_uri", str), ("train_uri", str), ("test_uri", str),
-                                         ("index_uri", str)])
+class DataOutputs(NamedTuple):
+    world_uri: str
+    train_uri: str
+    test_uri: str
+    index_uri: str
 
 
 def data_stage(b: Build, name: str):
@@ -82,9 +85,9 @@ def train_stage(b: Build, name: str):
             data = b.place(b.ops.datagen(world_uri=world_uri, seed_vqa_uri=seed_vqa_uri, teacher=teacher,
                                          n=datagen_n, tools_url=tools_url, run_id=RUN_ID), CPU_RETRY)
             data.set_display_name("datagen")
-            sft = b.place(b.ops.sft(data_uri=data.output, base_model=base_model, run_id=RUN_ID), GPU)
+            sft = b.place(b.ops.sft(data_uri=data.outputs["Output"], base_model=base_model, run_id=RUN_ID), GPU)
             sft.set_display_name("sft")
-            grpo = b.place(b.ops.grpo(data_uri=data.output, model_uri=sft.outputs["checkpoint_uri"],
+            grpo = b.place(b.ops.grpo(data_uri=data.outputs["Output"], model_uri=sft.outputs["checkpoint_uri"],
                                       tools_url=tools_url, run_id=RUN_ID), GPU)
             grpo.set_display_name("grpo")
             _evaluate_promote(b, grpo, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit, gate_mode)
@@ -104,7 +107,7 @@ def retrain_stage(b: Build, name: str):
             data = b.place(b.ops.datagen(world_uri=world_uri, seed_vqa_uri=seed_vqa_uri, teacher=teacher,
                                          n=datagen_n, tools_url=tools_url, run_id=RUN_ID), CPU_RETRY)
             data.set_display_name("datagen")
-            grpo = b.place(b.ops.grpo(data_uri=data.output, model_uri=champ.output, tools_url=tools_url,
+            grpo = b.place(b.ops.grpo(data_uri=data.outputs["Output"], model_uri=champ.output, tools_url=tools_url,
                                       run_id=RUN_ID), GPU)
             grpo.set_display_name("grpo")
             _evaluate_promote(b, grpo, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit, gate_mode)

@@ -96,14 +96,13 @@ def sft_op(data_uri: str, base_model: str, run_id: str, metrics: Output[Metrics]
 
 
 def datagen_op(world_uri: str, seed_vqa_uri: str, teacher: str, n: int, tools_url: str,
-               run_id: str) -> str:
+               run_id: str, metrics: Output[Metrics]) -> str:
     """DeepMMSearchVQA from ``seed_vqa_uri`` (empty: the world's train split) with ``teacher``; return
     the dataset version URI."""
     import tempfile
     from pathlib import Path
 
     from components.common.logging import setup_logging
-    from components.common.storage import join_uri
     from components.datagen.run import run_datagen
     from components.kfp.io import bind_run, local_dir
 
@@ -116,8 +115,11 @@ def datagen_op(world_uri: str, seed_vqa_uri: str, teacher: str, n: int, tools_ur
             seed = local_dir(settings, seed_vqa_uri, tmp)
         else:  # the whole world, so the oracle teacher finds world.json above vqa/train
             seed = local_dir(settings, world_uri, tmp) / "vqa" / "train"
-        result = run_datagen(settings, seed, teacher, n, join_uri("datasets", "deepmmsearchvqa"))
-    return result.uri
+        result = run_datagen(settings, seed, teacher, n, Path(tmp, "record"))
+    metrics.log_metric("rows", result.rows)
+    for key, value in result.counts.items():
+        metrics.log_metric(f"count.{key}", value)
+    return result.dataset_uri
 
 
 def grpo_op(data_uri: str, model_uri: str, tools_url: str, run_id: str, metrics: Output[Metrics]) -> NamedTuple(

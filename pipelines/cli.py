@@ -1,0 +1,112 @@
+"""CLI of the pipelines: ``dmms run``, ``dmms compile``, ``dmms submit``, ``dmms schedule``.
+
+    dmms run --pipeline smoke [--param datagen_n=4]       KFP local runner, embedded default
+    dmms compile --out build/pipelines                     YAML of every pipeline
+    dmms submit --pipeline full [--run-name NAME] [--host http://...]   one run on KFP_HOST
+    dmms schedule --pipeline retrain --cron "0 3 * * 0"    a recurring run on KFP_HOST
+
+An entry point, not a core: it may import ``pipelines``. Bad input (unknown pipeline or parameter,
+no or unreachable KFP host, bad cron) exits 2 with a message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pipelines.catalog import NAMES
+
+
+def _params(name: str, pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs typed like the pipeline's defaults."""
+    from components.common.settings import load_settings
+    from pipelines.catalog import build
+
+    if not pairs:
+        return {}
+    defaults = build(name, load_settings(), cluster=False).params
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in defaults:
+            raise typer.BadParameter(f"{pair!r}: use KEY=VALUE with KEY one of {', '.join(sorted(defaults))}")
+        kind = type(defaults[key])
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise typer.BadParameter(f"{key} must be a {kind.__name__}, got {value!r}") from None
+    return out
+
+
+def _check_name(name: str) -> str:
+    if name not in NAMES:
+        raise typer.BadParameter(f"unknown pipeline {name!r}: choose one of {', '.join(NAMES)}")
+    return name
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def register(app: typer.Typer) -> None:
+    pipeline_opt = typer.Option("smoke", "--pipeline", "-p", callback=_check_name, help=", ".join(NAMES))
+    param_opt = typer.Option([], "--param", help="Pipeline parameter KEY=VALUE (repeatable).")
+
+    @app.command("run")
+    def run_cmd(pipeline: str = pipeline_opt, param: list[str] = param_opt) -> None:
+        """Run a pipeline end to end with the KFP local runner; print the results table."""
+        from components.common.settings import load_settings
+        from pipelines.local import LocalRunError, run_local
+
+        try:
+            result = run_local(load_settings(), pipeline, _params(pipeline, param))
+        except LocalRunError as exc:
+            _fail(exc)
+        if result.table_md:
+            typer.echo(result.table_md, nl=False)
+        typer.echo(f"pipeline: {result.pipeline}\nMLflow: {result.tracking_uri} (eval run {result.eval_run_id}; "
+                   f"report at artifact evaluation/report.html)\npromotion: {result.decision or 'none'}\n"
+                   f"KFP outputs: {result.pipeline_root}")
+
+    @app.command("compile")
+    def compile_cmd(out: Path = typer.Option(Path("build/pipelines"), help="Folder for the YAML files.")) -> None:
+        """Compile every pipeline to KFP v2 YAML."""
+        from components.common.settings import load_settings
+        from pipelines.compile import compile_all
+
+        for name, path in compile_all(load_settings(), out).items():
+            typer.echo(f"{name}: {path}")
+
+    @app.command("submit")
+    def submit_cmd(pipeline: str = typer.Option("full", "--pipeline", "-p", callback=_check_name),
+                   run_name: str | None = typer.Option(None, help="KFP run name (default dmms-PIPELINE)."),
+                   host: str | None = typer.Option(None, help="KFP API URL (default: KFP_HOST)."),
+                   param: list[str] = param_opt) -> None:
+        """Submit one run of a pipeline to Kubeflow Pipelines."""
+        from components.common.settings import load_settings
+        from pipelines.submit import SubmitError, submit
+
+        try:
+            run_id = submit(load_settings(), pipeline, run_name, _params(pipeline, param), host)
+        except SubmitError as exc:
+            _fail(exc)
+        typer.echo(f"run_id: {run_id}")
+
+    @app.command("schedule")
+    def schedule_cmd(pipeline: str = typer.Option("retrain", "--pipeline", "-p", callback=_check_name),
+                     cron: str = typer.Option(..., help='Cron, 5 fields, e.g. "0 3 * * 0".'),
+                     job_name: str | None = typer.Option(None, help="Recurring run name."),
+                     host: str | None = typer.Option(None, help="KFP API URL (default: KFP_HOST)."),
+                     param: list[str] = param_opt) -> None:
+        """Create a recurring run of a pipeline on Kubeflow Pipelines."""
+        from components.common.settings import load_settings
+        from pipelines.submit import SubmitError, schedule
+
+        try:
+            job_id = schedule(load_settings(), pipeline, cron, job_name, _params(pipeline, param), host)
+        except SubmitError as exc:
+            _fail(exc)
+        typer.echo(f"recurring_run_id: {job_id}")
