@@ -308,6 +308,26 @@ class PromoteSettings(_Section):
     mode: str = Field("agent", description="The evaluation mode whose numbers the gates read.")
 
 
+class DatagenSettings(_Section):
+    """DeepMMSearchVQA data generation (components/datagen): teacher runs, filters, balance."""
+
+    search_ratio: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Share of search-required samples in the published dataset (paper: 0.5, i.e. 50:50).")
+    dataset_name: str = Field("deepmmsearchvqa", description="Dataset name under datasets/ in the object store.")
+    seed: int = Field(0, description="Seed of the balanced sampling (same seed, same rows).")
+    max_seed_items: int | None = Field(
+        None, ge=1, description="Run the teacher on at most this many seed items (deterministic sample); all if unset.")
+    concurrency: int = Field(16, ge=1, description="Trajectories in flight at once.")
+    world: str | None = Field(
+        None, description="world.json of the offline world for the oracle teacher; default: the "
+        "world.json found above the seed VQA folder (OUT/vqa/<split> -> OUT/world.json).")
+    oracle_requeries: int = Field(
+        2, ge=0, le=8, description="Oracle teacher: text re-queries when a result misses the fact.")
+    taxonomy_prompt_version: str = Field(
+        "v1", description="Version of the category classification prompt (datagen/prompts/).")
+
+
 class PipelinesSettings(_Section):
     """Kubeflow Pipelines: images, where runs go, GPU node pools, Secrets (pipelines/, components/kfp/)."""
 
@@ -392,8 +412,9 @@ class Settings(BaseSettings):
     sft: SFTSettings = Field(default_factory=SFTSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     promote: PromoteSettings = Field(default_factory=PromoteSettings)
-    grpo: GRPOSettings = Field(default_factory=GRPOSettings)
     pipelines: PipelinesSettings = Field(default_factory=PipelinesSettings)
+    datagen: DatagenSettings = Field(default_factory=DatagenSettings)
+    grpo: GRPOSettings = Field(default_factory=GRPOSettings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

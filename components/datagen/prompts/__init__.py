@@ -1,0 +1,1 @@
+"""Versioned prompt templates of datagen (the taxonomy classification prompt)."""
