@@ -139,7 +139,8 @@ async def test_vllm_generator_through_trl_generation_api(tiny, tools):
     gen = VLLMGenerator(stand_in, processor)
     result = await AgentLoop(gen, tools, LoopConfig(progress=False)).run(samples(3))
     assert all(t.end_reason == EndReason.ANSWER for t in result.trajectories)
-    assert [c["n"] for c in stand_in.calls if c["n"]] == [3, 3]
+    sizes = [c["n"] for c in stand_in.calls if c["n"]]
+    assert sizes[0] == 3 and sum(sizes) == 6  # the first round holds all three; 6 turns in all
     assert all(c["kwargs"]["stop"] == sorted(STOP_STRINGS) and c["kwargs"]["include_stop_str_in_output"]
                for c in stand_in.calls if c["n"])
     assert stand_in.generation_kwargs == {"seed": 1}  # restored after each call
