@@ -13,6 +13,8 @@ States of a trajectory (verl's tool agent loop as the model; one method per stat
                          tool error, generation error)
 
 Invalid turns get the protocol's invalid ``<information>`` (they count against the format score).
+A failed search is told to the model as ``<information>`` too (it may rephrase or answer);
+``LoopConfig.max_tool_failures`` failures in a row end the trajectory with ``tool_error``.
 Every trajectory ends in a :class:`Trajectory` record with token ids, mask and logprobs when the
 generator has a tokenizer (:mod:`components.agent.tokens`), and crops kept by sha256 in
 ``LoopResult.images`` (the input image and the crops the tool-server searched).
@@ -82,6 +84,10 @@ class LoopConfig:
     top_k: int = 5  # tool results per search
     concurrency: int = 32
     progress: bool = True
+    # A failed search is reported to the model as <information> (it may rephrase, or answer);
+    # this many failures IN A ROW end the trajectory with ``tool_error`` (a dead or misconfigured
+    # tool-server should not burn the whole call budget).
+    max_tool_failures: int = 2
 
 
 @dataclass
@@ -123,6 +129,7 @@ class Rollout:
                      if processor is not None else None)
         self.state = State.GENERATING
         self.pending: tuple[str, Action] | None = None
+        self.tool_failures = 0  # consecutive
 
     async def run(self) -> Trajectory:
         handlers = {State.GENERATING: self.generating, State.CALLING_TOOL: self.calling_tool}
@@ -169,10 +176,18 @@ class Rollout:
             resp, err = await tools.safe_image_search(self.sample.image, region, top_k)
         latency = time.perf_counter() - started
         if err is not None:
-            log.warning("trajectory %s: %s", self.sample.id, err)
-            self._record(raw, action, None, tool_latency_s=latency, error=err)
-            self._terminate(EndReason.TOOL_ERROR)
+            self.tool_failures += 1
+            log.warning("trajectory %s: %s (%d in a row)", self.sample.id, err, self.tool_failures)
+            if self.tool_failures >= self.cfg.max_tool_failures:
+                self._record(raw, action, None, tool_latency_s=latency, error=err)
+                self._terminate(EndReason.TOOL_ERROR)
+                return
+            info = render_information(f"The search failed: {err}", action.kind, self.protocol,
+                                      self.cfg.prompt_version)
+            self._record(raw, action, info, tool_latency_s=latency, error=err)
+            self.state = State.GENERATING
             return
+        self.tool_failures = 0
         text = _result_text(resp)
         crop_box = getattr(resp, "crop_box", None)
         crop = crop_png(self.pil, crop_box) if crop_box else None

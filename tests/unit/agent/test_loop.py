@@ -134,11 +134,22 @@ async def test_trajectories_end_in_every_way(processor, tools):
 
 async def test_tool_error_ends_the_trajectory(processor):
     async with ToolClient(f"http://127.0.0.1:{free_port()}", timeout_s=2, retries=0) as dead:
-        result = await _run(ScriptedGenerator(fixed_turns([TEXT, ANSWER]), processor), dead)
+        result = await _run(ScriptedGenerator(fixed_turns([TEXT, TEXT, ANSWER]), processor), dead)
     traj = result.trajectories[0]
     assert traj.end_reason == EndReason.TOOL_ERROR
-    assert "text search failed" in traj.turns[0].error and traj.turns[0].information is None
+    assert len(traj.turns) == 2  # max_tool_failures=2 failures in a row end it
+    assert "text search failed" in traj.turns[1].error and traj.turns[1].information is None
     assert traj.completion_ids[-1] == processor.tokenizer.eos_token_id
+
+
+async def test_one_tool_failure_is_told_to_the_model(processor):
+    async with ToolClient(f"http://127.0.0.1:{free_port()}", timeout_s=2, retries=0) as dead:
+        result = await _run(ScriptedGenerator(fixed_turns([TEXT, ANSWER]), processor), dead)
+    traj = result.trajectories[0]
+    assert traj.end_reason == EndReason.ANSWER
+    first = traj.turns[0]
+    assert "text search failed" in first.error
+    assert "<information>" in first.information and "The search failed" in first.information
 
 
 async def test_generation_error_ends_the_trajectory(processor, tools):
