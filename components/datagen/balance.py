@@ -60,9 +60,13 @@ def quotas(target: int, categories: list[str]) -> dict[str, int]:
     return {c: base + (i < extra) for i, c in enumerate(cats)}
 
 
-def round_robin(pools: dict[str, list[Candidate]], target: int) -> list[Candidate]:
-    """Take one from each category in sorted order, repeatedly, until ``target`` or all are empty."""
-    queues = {c: list(p) for c, p in sorted(pools.items()) if p}
+def round_robin(pools: dict[str, list[Candidate]], target: int,
+                have: Counter | None = None) -> list[Candidate]:
+    """Take one from each category in turn, repeatedly, until ``target`` or all are empty. Categories
+    go in sorted order, those with fewer rows already taken (``have``) first, so counts stay even."""
+    have = have or Counter()
+    order = sorted(pools, key=lambda c: (have[c], c))
+    queues = {c: list(pools[c]) for c in order if pools[c]}
     out: list[Candidate] = []
     while len(out) < target and queues:
         for cat in list(queues):
@@ -101,7 +105,7 @@ def balance(candidates: list[Candidate], n: int, search_ratio: float = 0.5,
         if missing > 0:  # fill from the other group's leftovers, still round-robin over categories
             taken = {c.id for c in picked[other]}
             rest = {cat: [c for c in p if c.id not in taken] for cat, p in pools[other].items()}
-            extra = round_robin(rest, missing)
+            extra = round_robin(rest, missing, Counter(c.category for c in picked[other]))
             if extra:
                 report.group_shortfall[g] = len(extra)
             picked[other] += extra

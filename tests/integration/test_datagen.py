@@ -192,3 +192,51 @@ def test_empty_filter_result_publishes_nothing(world, tools_url, tmp_path):
     runs = MlflowClient(settings.tracking.uri).search_runs(
         [MlflowClient(settings.tracking.uri).get_experiment_by_name("deepmmsearch").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_llm_teacher_through_an_openai_compatible_endpoint(world, tools_url, tmp_path, openai_server):
+    """The llm teacher against a local server speaking the OpenAI chat JSON (a hosted vision model
+    cannot run here). The server's replies stand for a model: it decodes the inline image and
+    plays the oracle's policy; taxonomy prompts (the seed has no categories) get a category."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from components.agent.generators.base import GenRequest
+    from components.datagen.oracle import OracleGenerator, load_world
+
+    seed = tmp_path / "seed"
+    shutil.copytree(world / "world" / "vqa" / "val", seed)
+    rows = [json.loads(line) for line in (seed / "vqa.jsonl").read_text().splitlines()]
+    (seed / "vqa.jsonl").write_text("".join(json.dumps({**r, "category": None}) + "\n" for r in rows))
+    policy = OracleGenerator(load_world(world / "world" / "world.json"), read_vqa(seed), seed)
+
+    def model(body: dict) -> str:
+        msgs = body["messages"]
+        if isinstance(msgs[-1]["content"], str) and msgs[-1]["content"].startswith("You sort visual"):
+            return "visual/shape" if "shape" in msgs[-1]["content"] else "other"
+        if msgs[-1]["content"] == "Reply with OK.":
+            return "OK"
+        ours, images = [], []
+        for m in msgs:
+            if isinstance(m["content"], list):
+                url = next(p["image_url"]["url"] for p in m["content"] if p["type"] == "image_url")
+                images.append(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+                text = "".join(p.get("text", "") for p in m["content"] if p["type"] == "text")
+                ours.append({"role": m["role"], "content": [{"type": "image"}, {"type": "text", "text": text}]})
+            else:
+                ours.append(m)
+        out = policy._one(GenRequest(images=images, messages=ours))
+        return out.text.removesuffix(out.stop or "")  # servers drop the stop string
+
+    openai_server.responder = model
+    settings = _settings(tmp_path, tools_url, teacher={"base_url": openai_server.base_url, "model": "teacher"})
+    result = run_datagen(settings, seed, "llm", 6, tmp_path / "out")
+    assert result.rows == 6 and result.balance["selected"] == {"search_required": 3, "search_free": 3}
+    assert set(result.categories) <= {"visual/shape", "other"}
+    bodies = [r["body"] for r in openai_server.requests]
+    assert any(isinstance(b["messages"][-1]["content"], str) and "You sort visual" in b["messages"][-1]["content"]
+               for b in bodies)
+    assert all(b["model"] == "teacher" for b in bodies)
+    assert [v.uri for v in _versions(settings)] == [result.dataset_uri]
