@@ -227,7 +227,7 @@ class SFTSettings(_Section):
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1: run all epochs.")
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (paper: 1e-4).")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name (paper: cosine).")
-    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps spent warming up (paper: 0.1).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up (paper: 0.1).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(1, ge=1, description="Per-device train batch size.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")

@@ -1,0 +1,1 @@
+"""SFT step: TRL SFTTrainer on DeepMMSearchVQA (see train.py)."""
