@@ -43,3 +43,41 @@ bench: $(STAMP)
 	  case $$name in __init__|report) continue;; esac; \
 	  echo "== bench $$name" >&2; $(PY) -m bench.$$name; \
 	done
+
+# ---- pipelines (pipelines/, components/kfp/) --------------------------------------------------
+#   make run                                   smoke pipeline end to end, KFP local runner, this machine
+#   make compile                               YAML of every pipeline into build/pipelines/
+#   make submit PIPELINE=full [RUN_NAME=...]   one run on KFP_HOST
+#   make schedule PIPELINE=retrain CRON="0 3 * * 0"   a recurring run on KFP_HOST
+#   make promote EVAL_RUN=<id> [CHECKPOINT=<uri>]     gated promotion in the MLflow registry
+#   make deploy OVERLAY=dev                    kubectl apply -k manifests/overlays/$(OVERLAY)
+#   make images REGISTRY=ghcr.io/you/deepmmsearch    build and push the images
+.PHONY: run compile submit schedule promote deploy images
+PIPELINE ?= smoke
+OVERLAY ?= dev
+REGISTRY ?= $(DMMS_PIPELINES__IMAGE_REGISTRY)
+
+run: $(STAMP)
+	$(DMMS) run --pipeline $(PIPELINE)
+
+compile: $(STAMP)
+	$(DMMS) compile --out build/pipelines
+
+submit: $(STAMP)
+	$(DMMS) submit --pipeline $(PIPELINE) $(if $(RUN_NAME),--run-name $(RUN_NAME))
+
+schedule: $(STAMP)
+	@[ -n "$(CRON)" ] || { echo 'error: set CRON, e.g. make schedule PIPELINE=retrain CRON="0 3 * * 0"' >&2; exit 2; }
+	$(DMMS) schedule --pipeline $(PIPELINE) --cron "$(CRON)"
+
+promote: $(STAMP)
+	$(DMMS) promote $(if $(EVAL_RUN),--eval-run $(EVAL_RUN)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(ROLLBACK),--rollback)
+
+deploy:
+	@command -v kubectl >/dev/null 2>&1 || { echo "error: kubectl is not installed" >&2; exit 2; }
+	@kubectl config current-context >/dev/null 2>&1 || { echo "error: kubectl has no current context: point it at your cluster (kubectl config use-context NAME)" >&2; exit 2; }
+	@[ -d manifests/overlays/$(OVERLAY) ] || { echo "error: no overlay manifests/overlays/$(OVERLAY) (local, dev, prod)" >&2; exit 2; }
+	kubectl apply -k manifests/overlays/$(OVERLAY)
+
+images:
+	REGISTRY="$(REGISTRY)" images/build.sh
