@@ -291,8 +291,20 @@ class GRPOSettings(_Section):
     seed: int = Field(0, description="Seed for data order and sampling.")
     use_vllm: bool = Field(False, description="Roll out on a vLLM server (trl vllm-serve) kept in sync with the policy.")
     vllm_server_base_url: str | None = Field(
-        None, description="URL of the rollout vLLM server, e.g. http://grpo-rollout:8000; required with use_vllm.")
+        None, description="URL of the rollout vLLM server, e.g. http://grpo-rollout:8000; with use_vllm, required "
+        "unless launch_rollout_servers (which sets it).")
     vllm_group_port: int = Field(51216, ge=1, le=65535, description="Port the trainer listens on for weight sync.")
+    launch_rollout_servers: bool = Field(
+        False, description="With use_vllm: the GRPO step starts its own vLLM rollout server on Kubernetes "
+        "(components/grpo/servers.py) and trains against it; needs the pod setup of manifests/README.md.")
+    rollout_model: str | None = Field(
+        None, description="Checkpoint the launched rollout server loads (the trainer pushes the policy's weights "
+        "before each round); default: model.name_or_path.")
+    rollout_tensor_parallel: int = Field(1, ge=1, description="GPUs (tensor parallel) of the launched rollout server.")
+    rollout_gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization of the launched rollout server.")
+    rollout_ready_timeout_s: float = Field(
+        1800.0, gt=0, description="How long to wait for the launched rollout server to become ready.")
 
 
 class PromoteSettings(_Section):
@@ -340,7 +352,7 @@ class PipelinesSettings(_Section):
                                  "(also read from KFP_HOST).")
     experiment: str = Field("deepmmsearch", description="KFP experiment that submitted runs join.")
     namespace: str = Field("kubeflow", description="KFP namespace (multi-user: the profile namespace).")
-    service_account: str = Field("dmms-pipeline",
+    service_account: str = Field("dmms-pipeline-runner",
                                  description="Service account of the pipeline pods (RBAC for rollout pods).")
     pipeline_root: str = Field("s3://deepmmsearch/kfp",
                                description="KFP pipeline_root on the cluster (artifacts of each run).")
@@ -446,9 +458,11 @@ class Settings(BaseSettings):
         if self.tools.image_embedder == "clip" and not self.tools.image_embedder_path:
             problems.append(f"{env_name('tools', 'image_embedder_path')} is required for "
                             f"{env_name('tools', 'image_embedder')}=clip")
-        if self.grpo.use_vllm and not self.grpo.vllm_server_base_url:
-            problems.append(f"{env_name('grpo', 'vllm_server_base_url')} is required when "
-                            f"{env_name('grpo', 'use_vllm')}=true (the rollout server, e.g. http://grpo-rollout:8000)")
+        if self.grpo.use_vllm and not (self.grpo.vllm_server_base_url or self.grpo.launch_rollout_servers):
+            problems.append(f"{env_name('grpo', 'vllm_server_base_url')} or "
+                            f"{env_name('grpo', 'launch_rollout_servers')}=true is required when "
+                            f"{env_name('grpo', 'use_vllm')}=true (the rollout server's URL, e.g. "
+                            "http://grpo-rollout:8000, or let the GRPO step start one on Kubernetes)")
         if problems:
             raise ValueError("\n  ".join(problems))
         return self

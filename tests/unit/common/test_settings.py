@@ -127,3 +127,18 @@ def test_cli_config_show_masks_and_fails_clearly(monkeypatch):
     assert out.exit_code == 0, out.output
     assert "abc-secret" not in out.output
     assert "profile: tiny" in out.output
+
+
+def test_use_vllm_needs_a_server_url_or_the_launcher(monkeypatch):
+    with pytest.raises(SettingsError) as info:
+        load_settings(grpo={"use_vllm": True})
+    assert "DMMS_GRPO__VLLM_SERVER_BASE_URL" in str(info.value)
+    assert "DMMS_GRPO__LAUNCH_ROLLOUT_SERVERS" in str(info.value)
+    assert load_settings(grpo={"use_vllm": True, "vllm_server_base_url": "http://r:8000"}).grpo.use_vllm
+    launched = load_settings(grpo={"use_vllm": True, "launch_rollout_servers": True})
+    assert launched.grpo.vllm_server_base_url is None  # the launcher fills it in
+    for key, value in {"DMMS_PROFILE": "paper", "DMMS_TOOLS__TOKEN": "t", "DMMS_STORAGE__ACCESS_KEY": "a",
+                       "DMMS_STORAGE__SECRET_KEY": "s"}.items():
+        monkeypatch.setenv(key, value)
+    paper = load_settings().grpo
+    assert paper.use_vllm and paper.launch_rollout_servers and paper.vllm_server_base_url is None
