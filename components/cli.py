@@ -45,6 +45,7 @@ def _register() -> None:
 
     agent_cli.register(app)
     from components.search import cli as search_cli; search_cli.register(app)  # noqa: E702, I001
+    from components.sft import cli as sft_cli; sft_cli.register(app)  # noqa: E702, I001
     from components.world import cli as world_cli; world_cli.register(app)  # noqa: E702, I001
     from components.evaluate import cli as evaluate_cli; evaluate_cli.register(app)  # noqa: E702, I001
     from components.registry import cli as registry_cli; registry_cli.register(app)  # noqa: E702, I001
