@@ -162,6 +162,8 @@ def test_merged_checkpoint_reloads_and_generates(lora_run, tmp_path):
     assert all(torch.equal(m[n], o[n]) for n in m if n not in lin)  # everything else as it was
     rate, texts = valid_rate(result.final_uri, settings)
     assert all(isinstance(t, str) and t for t in texts)
+    log.warning("LoRA (%d steps) valid-turn rate on held-out prompts: %.2f (%s)", result.global_step, rate,
+                texts[0])
 
 
 def test_after_sft_turns_parse_far_more_often(tmp_path):
