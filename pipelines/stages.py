@@ -21,7 +21,7 @@ from kfp import dsl
 
 from components.common.settings import Settings
 from components.kfp.ops import Ops
-from pipelines.tasks import CPU, CPU_CACHED, CPU_RETRY, GPU, Placement, configure
+from pipelines.tasks import CPU, CPU_CACHED, CPU_RETRY, GPU, GRPO, Placement, configure
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
@@ -88,7 +88,7 @@ def train_stage(b: Build, name: str):
             sft = b.place(b.ops.sft(data_uri=data.outputs["Output"], base_model=base_model, run_id=RUN_ID), GPU)
             sft.set_display_name("sft")
             grpo = b.place(b.ops.grpo(data_uri=data.outputs["Output"], model_uri=sft.outputs["checkpoint_uri"],
-                                      tools_url=tools_url, run_id=RUN_ID), GPU)
+                                      tools_url=tools_url, run_id=RUN_ID), GRPO)
             grpo.set_display_name("grpo")
             _evaluate_promote(b, grpo, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit, gate_mode)
 
@@ -108,7 +108,7 @@ def retrain_stage(b: Build, name: str):
                                          n=datagen_n, tools_url=tools_url, run_id=RUN_ID), CPU_RETRY)
             data.set_display_name("datagen")
             grpo = b.place(b.ops.grpo(data_uri=data.outputs["Output"], model_uri=champ.output, tools_url=tools_url,
-                                      run_id=RUN_ID), GPU)
+                                      run_id=RUN_ID), GRPO)
             grpo.set_display_name("grpo")
             _evaluate_promote(b, grpo, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit, gate_mode)
 

@@ -7,7 +7,12 @@ YAML for exactly these settings. ``Placement`` says what a task needs; :func:`co
   Kubernetes Secrets of ``settings.pipelines.secrets`` as env (``kubernetes.use_secret_as_env``);
 - GPU steps: accelerator type and count, CPU/memory, the GPU node pool's node selector and
   tolerations, ``/dev/shm`` as a memory emptyDir (NCCL and DataLoader workers need more than 64 MB);
-- retries with exponential backoff on preemptible steps; caching only on deterministic steps.
+- retries with exponential backoff on preemptible steps; caching only on deterministic steps;
+- the GRPO step (``rollout_launcher``): what components/grpo/servers.py needs to start its vLLM
+  rollout server (manifests/README.md): the pod label ``deepmmsearch.io/role: grpo-trainer`` (the
+  NetworkPolicies let rollout pods reach it), POD_NAME/POD_UID/POD_NAMESPACE from the downward API
+  (the owner reference), and the ``rollout-pod-template`` ConfigMap at /etc/dmms/rollout/. The
+  service account (``dmms-pipeline-runner``, RBAC for it) is set per run by pipelines/submit.py.
 
 Built with ``cluster=False`` (the KFP local runner) a task gets no env: the local runner would pass
 it to the subprocess, and the cluster's Service names mean nothing on a laptop.
@@ -20,8 +25,12 @@ from dataclasses import dataclass
 from kfp import dsl, kubernetes
 
 from components.common.settings import Settings
+from components.grpo.rollout_pods import ROLE_LABEL, TEMPLATE_PATHS
 
 SHM_VOLUME = "dshm"
+TRAINER_ROLE = "grpo-trainer"
+ROLLOUT_TEMPLATE_CONFIGMAP = "rollout-pod-template"
+POD_FIELD_ENV = {"POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace"}
 
 
 @dataclass(frozen=True)
@@ -29,12 +38,14 @@ class Placement:
     gpu: bool = False
     retry: bool = False
     cache: bool = False
+    rollout_launcher: bool = False  # the GRPO step: starts its vLLM rollout server on Kubernetes
 
 
 CPU_CACHED = Placement(cache=True)
 CPU = Placement()
 CPU_RETRY = Placement(retry=True)
 GPU = Placement(gpu=True, retry=True)
+GRPO = Placement(gpu=True, retry=True, rollout_launcher=True)
 
 
 def configure(task: dsl.PipelineTask, settings: Settings, place: Placement, *, profile: str,
@@ -57,7 +68,19 @@ def configure(task: dsl.PipelineTask, settings: Settings, place: Placement, *, p
         _gpu(task, settings)
     else:
         task.set_cpu_limit(p.cpu_cpu).set_memory_limit(p.cpu_memory)
+    if place.rollout_launcher:
+        _rollout_launcher(task)
     return task
+
+
+def _rollout_launcher(task: dsl.PipelineTask) -> None:
+    kubernetes.add_pod_label(task, ROLE_LABEL, TRAINER_ROLE)
+    for env, field_path in POD_FIELD_ENV.items():
+        kubernetes.use_field_path_as_env(task, env, field_path)
+    # optional: a step that does not launch (use_vllm off) must not hang on a missing ConfigMap;
+    # one that does says "no rollout template at /etc/dmms/rollout/..." (rollout_pods.load_template)
+    kubernetes.use_config_map_as_volume(task, ROLLOUT_TEMPLATE_CONFIGMAP, mount_path=str(TEMPLATE_PATHS[0].parent),
+                                        optional=True)
 
 
 def _gpu(task: dsl.PipelineTask, settings: Settings) -> None:

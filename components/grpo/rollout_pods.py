@@ -15,7 +15,9 @@ group port 51216); the NetworkPolicies in the same folder allow exactly that.
 
 Needs (set by the pipeline on the step's pod): the ``dmms-pipeline-runner`` service account,
 POD_NAME / POD_UID (and optionally POD_NAMESPACE) from the downward API, and the label
-``deepmmsearch.io/role: grpo-trainer``. Does not import kfp.
+``deepmmsearch.io/role: grpo-trainer``. Does not import kfp. The step labels its server with the
+pipeline run (``deepmmsearch.io/run``); the run's exit handler calls :func:`delete_by_label` for
+anything a killed step left behind. ``components/grpo/servers.py`` drives this from the settings.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import copy
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -47,6 +50,9 @@ TEMPLATE_PATHS = (
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_NAMESPACE = "deepmmsearch"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
+ROLE_LABEL, ROLE = "deepmmsearch.io/role", "rollout"  # set by the template; what the NetworkPolicies select
+RUN_LABEL = "deepmmsearch.io/run"  # the pipeline run that launched a server (its exit handler cleans up)
+SA_TOKEN_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 SERVER_PORT = 8000
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
@@ -290,6 +296,54 @@ class RolloutServers:
         items = [e for e in items if e.involved_object is None or e.involved_object.name == pod_name]
         items.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
         return [f"{e.type or ''} {e.reason or ''}: {e.message or ''}" for e in items[-last:]]
+
+
+def run_label_value(run_id: str) -> str:
+    """``run_id`` as a valid label value (at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends)."""
+    value = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)[:63].strip("-_.")
+    return value or "local"
+
+
+def in_cluster(env: Mapping[str, str] = os.environ) -> bool:
+    """True inside a pod that can talk to its API server (service host set, token mounted)."""
+    return bool(env.get("KUBERNETES_SERVICE_HOST")) and SA_TOKEN_FILE.is_file()
+
+
+def delete_by_label(namespace: str, selector: Mapping[str, str], *, api_client: k8s.ApiClient | None = None,
+                    request_timeout_s: float = 30.0) -> list[str]:
+    """Delete every rollout Deployment and Service in ``namespace`` whose labels include ``selector``
+    (the role label ``deepmmsearch.io/role=rollout`` is always added, so nothing else is touched);
+    return ``Kind/name`` of each deleted object. Lists then deletes one by one: the Role grants
+    list and delete, not deletecollection. Objects already gone are fine."""
+    wanted = {**selector, ROLE_LABEL: ROLE}
+    label_selector = ",".join(f"{k}={v}" for k, v in sorted(wanted.items()))
+    api = api_client or _default_api_client()
+    apps, core = k8s.AppsV1Api(api), k8s.CoreV1Api(api)
+    deleted = []
+    for kind, lister, deleter in (
+            ("Deployment", apps.list_namespaced_deployment, apps.delete_namespaced_deployment),
+            ("Service", core.list_namespaced_service, core.delete_namespaced_service)):
+        try:
+            items = _retrying(f"list {kind}s {label_selector}", lambda f=lister: f(
+                namespace, label_selector=label_selector, _request_timeout=request_timeout_s)).items
+        except k8s.ApiException as exc:
+            raise RolloutError(f"cannot list {kind}s in {namespace}: HTTP {exc.status} {exc.reason}"
+                               + _rbac_hint(exc)) from exc
+        for obj in items:  # re-check the labels: never delete on a selector the server ignored
+            if not wanted.items() <= (obj.metadata.labels or {}).items():
+                continue
+            name = obj.metadata.name
+            try:
+                _retrying(f"delete {kind} {name}", lambda f=deleter, n=name: f(
+                    n, namespace, propagation_policy="Background", _request_timeout=request_timeout_s))
+            except k8s.ApiException as exc:
+                if exc.status != 404:
+                    raise RolloutError(f"cannot delete {kind} {namespace}/{name}: HTTP {exc.status} "
+                                       f"{exc.reason}" + _rbac_hint(exc)) from exc
+                continue
+            log.info("deleted leftover %s %s/%s", kind, namespace, name)
+            deleted.append(f"{kind}/{name}")
+    return deleted
 
 
 def _default_api_client() -> k8s.ApiClient:

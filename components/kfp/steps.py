@@ -130,6 +130,7 @@ def grpo_op(data_uri: str, model_uri: str, tools_url: str, run_id: str, metrics:
 
     from components.common.logging import setup_logging
     from components.common.storage import open_store
+    from components.grpo.servers import rollout_server
     from components.grpo.train import run_grpo
     from components.kfp.io import bind_run, local_model
 
@@ -139,7 +140,10 @@ def grpo_op(data_uri: str, model_uri: str, tools_url: str, run_id: str, metrics:
         settings.tools.url = tools_url
     out_uri = open_store(settings).uri("checkpoints", f"{run_id}-grpo")
     with tempfile.TemporaryDirectory(prefix="dmms-grpo-model-") as tmp:
-        result = run_grpo(settings, data_uri, local_model(settings, model_uri, tmp), out_uri)
+        model = local_model(settings, model_uri, tmp)
+        # on the cluster (grpo.launch_rollout_servers): a vLLM rollout server for this block only
+        with rollout_server(settings, run_id=run_id) as settings:
+            result = run_grpo(settings, data_uri, model, out_uri)
     metrics.log_metric("global_step", result.global_step)
     out = namedtuple("GRPOOutputs", ["checkpoint_uri", "manifest_sha256", "mlflow_run_id"])
     return out(result.final_uri, result.manifest_sha256, result.run_id or "")
@@ -201,12 +205,14 @@ def promote_op(eval_run_id: str, checkpoint_uri: str, manifest_sha256: str, gate
 
 
 def cleanup_op(run_id: str) -> None:
-    """Exit handler: delete this run's temporary objects (``tmp/<run_id>``); runs whether the pipeline
-    succeeded or failed."""
+    """Exit handler: delete this run's temporary objects (``tmp/<run_id>``) and any vLLM rollout server
+    a killed GRPO step left (label ``deepmmsearch.io/run``; skipped outside a cluster); runs whether
+    the pipeline succeeded or failed."""
     import logging
 
     from components.common.logging import setup_logging
     from components.common.storage import open_store
+    from components.grpo.servers import cleanup_rollout_servers
     from components.kfp.io import bind_run, scratch_uri
 
     setup_logging()
@@ -215,3 +221,4 @@ def cleanup_op(run_id: str) -> None:
     if store.list(scratch, recursive=True):
         store.delete(scratch, recursive=True)
         logging.getLogger("dmms.cleanup").info("deleted %s", scratch)
+    cleanup_rollout_servers(run_id)

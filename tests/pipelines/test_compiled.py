@@ -141,3 +141,33 @@ def test_eval_pipeline_evaluates_the_given_model(compiled):
     tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert set(tasks) == {"evaluate-op"}
     assert "model_uri" in spec["root"]["inputDefinitions"]["parameters"]
+
+
+@pytest.mark.parametrize("name", ["full", "retrain"])
+def test_grpo_pod_can_launch_its_rollout_server(compiled, name):
+    """The GRPO step's pod carries what components/grpo/servers.py needs (manifests/README.md): the
+    NetworkPolicy label, its own name/uid from the downward API (owner reference), the pod template."""
+    spec, plat = compiled[name]
+    execs, k8s = _executors(spec, plat)
+    wanted_env = {("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid")}
+    for e in execs:
+        conf = k8s.get(e, {})
+        labels = conf.get("podMetadata", {}).get("labels", {})
+        field_env = {(x["name"], x["fieldPath"]) for x in conf.get("fieldPathAsEnv", [])}
+        mounts = {(x["configMapName"], x["mountPath"]) for x in conf.get("configMapAsVolume", [])}
+        if e == "exec-grpo-op":
+            assert labels.get("deepmmsearch.io/role") == "grpo-trainer"
+            assert wanted_env <= field_env
+            assert ("rollout-pod-template", "/etc/dmms/rollout") in mounts
+        else:
+            assert "deepmmsearch.io/role" not in labels, e
+            assert not field_env & wanted_env, e
+            assert not mounts, e
+
+
+def test_runs_use_the_service_account_the_rollout_rbac_binds():
+    """submit/schedule pass ``pipelines.service_account`` per run (KFP sets it on every pod); it must
+    be the account manifests/base/rbac binds to the rollout-launcher Role, or the GRPO step gets 403."""
+    rbac = Path(__file__).resolve().parents[2] / "manifests/base/rbac/rbac.yaml"
+    binding = next(d for d in yaml.safe_load_all(rbac.read_text()) if d["kind"] == "RoleBinding")
+    assert [s["name"] for s in binding["subjects"]] == [load_settings().pipelines.service_account]

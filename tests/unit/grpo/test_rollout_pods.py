@@ -1,24 +1,20 @@
 """The vLLM rollout-pod launcher (components/grpo/rollout_pods.py) against an in-memory Kubernetes API.
 
 Why a stand-in: no Kubernetes API server can run on this machine (no cluster, no Docker). The
-``kmock`` package's KubernetesEmulator is a stateful fake API server over real HTTP on loopback, so
-the real ``kubernetes`` client makes the same REST calls it makes in a pod (create, read, patch
-status, list, delete). It has no controllers: a test plays the Deployment controller by patching
-the status subresource, and creates pods/events itself. The filled template is also checked against
-the official schemas with kubernetes-validate.
+``kmock`` package's KubernetesEmulator (tests/unit/grpo/kube_standin.py, the ``api`` fixture) is a
+stateful fake API server over real HTTP on loopback, so the real ``kubernetes`` client makes the
+same REST calls it makes in a pod (create, read, patch status, list, delete). It has no controllers:
+a test plays the Deployment controller by patching the status subresource, and creates pods/events
+itself. The filled template is also checked against the official schemas with kubernetes-validate.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 
-import kmock
 import kubernetes_validate
 import pytest
 from kmock import KubernetesError
-from kubernetes import client as k8s
 
 from components.grpo.distributed.vllm_server import vllm_serve_command
 from components.grpo.rollout_pods import (
@@ -31,68 +27,7 @@ from components.grpo.rollout_pods import (
     load_template,
     owner_from_env,
 )
-
-NS = "dmms-test"
-OWNER = {"apiVersion": "v1", "kind": "Pod", "name": "grpo-step-abc", "uid": "0f5e-uid",
-         "controller": False, "blockOwnerDeletion": False}
-DEPLOYMENTS, SERVICES = "apps/v1/deployments", "v1/services"
-
-
-class StandIn:
-    """kmock's KubernetesEmulator served on 127.0.0.1 from a background event loop."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.handler, self.server = self._run(self._start())
-        cfg = k8s.Configuration()
-        cfg.host = str(self.server.url).rstrip("/")
-        self.api = k8s.ApiClient(cfg)
-        self.apps, self.core = k8s.AppsV1Api(self.api), k8s.CoreV1Api(self.api)
-
-    def _run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    async def _start(self):
-        handler = kmock.KubernetesEmulator()
-        await handler.__aenter__()
-        server = kmock.Server(handler)
-        await server.__aenter__()
-        for resource in (DEPLOYMENTS, SERVICES, "v1/pods", "v1/events"):
-            handler.resources[resource].namespaced = True
-        return handler, server
-
-    async def _stop(self):
-        await self.server.__aexit__(None, None, None)
-        await self.handler.__aexit__(None, None, None)
-
-    def close(self) -> None:
-        self.api.close()
-        self._run(self._stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-    def get(self, resource: str, name: str) -> dict | None:
-        """The object as the API serves it (raw JSON), or None after a 404."""
-        read = (self.apps.read_namespaced_deployment if resource == DEPLOYMENTS
-                else self.core.read_namespaced_service)
-        try:
-            return self.api.sanitize_for_serialization(read(name, NS))
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def exists(self, resource: str, name: str) -> bool:
-        return self.get(resource, name) is not None
-
-
-@pytest.fixture()
-def api():
-    stand_in = StandIn()
-    yield stand_in
-    stand_in.close()
+from tests.unit.grpo.kube_standin import DEPLOYMENTS, NS, OWNER, SERVICES, StandIn, play_controller
 
 
 def _servers(api: StandIn, **kw) -> RolloutServers:
@@ -100,23 +35,6 @@ def _servers(api: StandIn, **kw) -> RolloutServers:
                                       max_model_len=8192, labels={"deepmmsearch.io/run": "r1"}))
     return RolloutServers(spec, namespace=NS, owner=OWNER, api_client=api.api,
                           **{"ready_timeout_s": 30.0, "poll_s": 0.05, **kw})
-
-
-def _play_controller(api: StandIn, name: str, stop: threading.Event) -> threading.Thread:
-    """Mark the Deployment ready once it exists, as the Deployment controller would."""
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                api.apps.patch_namespaced_deployment_status(
-                    name, NS, {"status": {"replicas": 1, "readyReplicas": 1}})
-                return
-            except k8s.ApiException:
-                time.sleep(0.02)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_create_makes_owned_labelled_gpu_deployment_and_service(api):
@@ -145,7 +63,7 @@ def test_create_makes_owned_labelled_gpu_deployment_and_service(api):
 def test_context_waits_until_ready_then_deletes_both(api):
     servers = _servers(api)
     stop = threading.Event()
-    controller = _play_controller(api, servers.name, stop)
+    controller = play_controller(api, servers.name, stop)
     with servers as url:
         assert url == f"http://{servers.name}.{NS}.svc:8000"
         assert api.exists(DEPLOYMENTS, servers.name) and api.exists(SERVICES, servers.name)
