@@ -30,10 +30,15 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from components.agent.models import freeze_vision, load_model_and_processor
+from components.common.checkpoints import (
+    MlflowMetricsCallback,
+    PublishCheckpointCallback,
+    prepare_resume,
+    save_merged,
+)
 from components.common.settings import Settings
 from components.common.storage import MANIFEST, StorageError, join_uri, open_store, publish_dir
 from components.common.tracking import tracked_run
-from components.grpo.checkpoints import MlflowMetricsCallback, PublishCheckpointCallback, prepare_resume
 from components.grpo.config import grpo_config, lora_config
 from components.grpo.data import load_grpo_dataset
 from components.grpo.rewards import make_reward_funcs
@@ -70,16 +75,6 @@ def build_trainer(settings: Settings, dataset, model_path: str, output_dir: Path
     return GRPOTrainer(model=model, reward_funcs=make_reward_funcs(settings, work), args=args,
                        train_dataset=dataset, processing_class=processor, peft_config=peft,
                        rollout_func=rollout, callbacks=list(callbacks))
-
-
-def save_merged(trainer, dest: Path) -> Path:
-    """Save the trained policy with LoRA merged in (if any), plus processor/tokenizer/chat template."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model.save_pretrained(dest)
-    trainer.processing_class.save_pretrained(dest)
-    return dest
 
 
 def run_grpo(settings: Settings, data_uri: str, model: str, out_uri: str, work_dir: str | Path | None = None,

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,25 +29,24 @@ from transformers import PrinterCallback, TrainerCallback
 
 from components.agent.models import freeze_vision, load_model_and_processor
 from components.agent.sft_data import load_dataset_version, resolve_dataset
+from components.common.checkpoints import (
+    MlflowMetricsCallback,
+    PublishCheckpointCallback,
+    prepare_resume,
+    save_merged,
+)
 from components.common.settings import Settings
 from components.common.storage import (
     MANIFEST,
-    CorruptVersionError,
-    ObjectStore,
     StorageError,
-    VersionRef,
-    fetch_version,
     join_uri,
-    list_versions,
     open_store,
     publish_dir,
-    verify_version,
 )
-from components.common.tracking import RunHandle, tracked_run
+from components.common.tracking import tracked_run
 from components.sft.config import lora_config, sft_config
 
 log = logging.getLogger(__name__)
-STEP_VERSION = re.compile(r"^step-(\d+)$")
 FINAL = "final"
 TRAIN_COLUMNS = ("messages", "images")
 
@@ -68,77 +65,6 @@ class SFTResult(BaseModel):
     lora: bool
 
 
-class MlflowMetricsCallback(TrainerCallback):
-    """Every log event → the step's MLflow run: loss, lr, grad norm, tokens/s (from TRL's num_tokens)."""
-
-    def __init__(self, run: RunHandle):
-        self.run = run
-        self._last: tuple[float, float] | None = None  # (time, num_tokens) at the previous log
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        metrics = {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        now, tokens = time.perf_counter(), metrics.get("num_tokens")
-        if tokens is not None and self._last is not None and now > self._last[0] and tokens >= self._last[1]:
-            metrics["tokens_per_s"] = (tokens - self._last[1]) / (now - self._last[0])
-        if tokens is not None:
-            self._last = (now, tokens)
-        self.run.log_metrics(metrics, step=state.global_step)
-        log.info("step %d/%d %s", state.global_step, state.max_steps,
-                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-
-
-class PublishCheckpointCallback(TrainerCallback):
-    """After the Trainer saved ``checkpoint-N``, publish the folder atomically as ``<out>/step-N/``."""
-
-    def __init__(self, store: ObjectStore, out_uri: str):
-        self.store, self.out_uri = store, out_uri
-        self.published: list[str] = []
-
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        folder = Path(args.output_dir, f"checkpoint-{state.global_step}")
-        ref = publish_dir(self.store, folder, self.out_uri, version=f"step-{state.global_step}",
-                          metadata={"kind": "trainer_checkpoint", "global_step": state.global_step})
-        self.published.append(ref.uri)
-        log.info("published step checkpoint %s", ref.uri)
-
-
-def step_checkpoints(store: ObjectStore, out_uri: str) -> list[tuple[int, VersionRef]]:
-    """Completed ``step-N`` versions under ``out_uri``, newest step first."""
-    found = [(int(m.group(1)), ref) for ref in list_versions(store, out_uri)
-             if (m := STEP_VERSION.match(ref.version))]
-    return sorted(found, key=lambda x: x[0], reverse=True)
-
-
-def newest_valid_checkpoint(store: ObjectStore, out_uri: str) -> VersionRef | None:
-    """The newest step checkpoint whose every part matches its manifest (corrupt ones are skipped)."""
-    for step, ref in step_checkpoints(store, out_uri):
-        try:
-            verify_version(store, ref.uri)
-            return ref
-        except CorruptVersionError as exc:
-            log.warning("skipping step-%d: %s", step, exc)
-    return None
-
-
-def _prepare_resume(store: ObjectStore, out_uri: str, output_dir: Path) -> tuple[str | None, str | None]:
-    """Fetch the newest valid step checkpoint into ``output_dir/checkpoint-N``: (local path, its URI)."""
-    ref = newest_valid_checkpoint(store, out_uri)
-    if ref is None:
-        return None, None
-    step = int(STEP_VERSION.match(ref.version).group(1))
-    local = output_dir / f"checkpoint-{step}"
-    if local.exists():
-        shutil.rmtree(local)
-    fetch_version(store, ref.uri, local)
-    (local / MANIFEST).unlink()  # a Trainer checkpoint folder, as the Trainer wrote it
-    log.info("resuming from %s (global step %d)", ref.uri, step)
-    return str(local), ref.uri
-
-
 def build_trainer(settings: Settings, dataset, model_path: str, output_dir: Path, callbacks=(),
                   **config_overrides):
     """Load the model (vision frozen), wrap LoRA unless full fine-tuning, return the ``SFTTrainer``."""
@@ -155,16 +81,6 @@ def build_trainer(settings: Settings, dataset, model_path: str, output_dir: Path
     return trainer
 
 
-def save_merged(trainer, dest: Path) -> Path:
-    """Save the trained model with LoRA merged in, plus processor/tokenizer/chat template."""
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model.save_pretrained(dest)
-    trainer.processing_class.save_pretrained(dest)
-    return dest
-
-
 def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
             work_dir: str | Path | None = None, callbacks: Sequence[TrainerCallback] = ()) -> SFTResult:
     """Train on the dataset ``data_uri`` (version URI or name) from ``model``; publish checkpoints
@@ -178,7 +94,7 @@ def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
         data = resolve_dataset(store, data_uri)
         dataset = load_dataset_version(store, data.uri, work / "cache")
         output_dir = work / "trainer"
-        resume_path, resumed_from = _prepare_resume(store, out_uri, output_dir)
+        resume_path, resumed_from = prepare_resume(store, out_uri, output_dir)
         with tracked_run(settings, "sft", tags={"dmms.data_uri": data.uri, "dmms.out_uri": out_uri}) as run:
             run.log_params({"sft.data_uri": data.uri, "sft.model": model, "sft.out_uri": out_uri,
                             "sft.resumed_from": resumed_from or ""})

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from components.agent.models import ensure_model
+from components.common.checkpoints import newest_valid_checkpoint, step_checkpoints
 from components.common.storage import join_uri, list_versions, open_store, verify_version
-from components.sft.train import newest_valid_checkpoint, step_checkpoints
 from tests.unit.sft.test_train import publish_train_set, tiny_settings
 
 REPO = Path(__file__).resolve().parents[3]
