@@ -16,7 +16,7 @@ from pipelines.catalog import PipelineDef
 from pipelines.stages import Build, data_stage, eval_stage
 
 DEFAULTS: dict[str, Any] = {"n_entities": 200, "world_seed": 0, "index_uri": "", "model_uri": "",
-                            "extra_benchmarks": "", "modes": "direct,rag", "eval_limit": 0}
+                            "extra_benchmarks": "", "modes": "direct,rag,agent", "eval_limit": 0}
 
 
 def build(settings: Settings, cluster: bool = True) -> PipelineDef:

@@ -351,7 +351,10 @@ class PipelinesSettings(_Section):
     kfp_host: str | None = Field(None, description="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80 "
                                  "(also read from KFP_HOST).")
     experiment: str = Field("deepmmsearch", description="KFP experiment that submitted runs join.")
-    namespace: str = Field("kubeflow", description="KFP namespace (multi-user: the profile namespace).")
+    namespace: str = Field(
+        "deepmmsearch",
+        description="Namespace the runs execute in (multi-user KFP: a Profile namespace). The GRPO step creates its "
+        "rollout pods there, owned by its own pod, so it must be the namespace of manifests/ (RBAC, template).")
     service_account: str = Field("dmms-pipeline-runner",
                                  description="Service account of the pipeline pods (RBAC for rollout pods).")
     pipeline_root: str = Field("s3://deepmmsearch/kfp",

@@ -23,10 +23,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Online GRPO with multi-turn rollouts through the tool-server; resumes from <out>/step-N."""
         from components.common.settings import load_settings
+        from components.grpo.servers import rollout_server
         from components.grpo.train import run_grpo
 
         try:
-            result = run_grpo(load_settings(), data, model, out, work_dir=work_dir)
+            # On a cluster with DMMS_GRPO__LAUNCH_ROLLOUT_SERVERS=true this starts the vLLM rollout
+            # server for the run and deletes it afterwards; otherwise it changes nothing.
+            with rollout_server(load_settings()) as settings:
+                result = run_grpo(settings, data, model, out, work_dir=work_dir)
         except ValueError as exc:  # settings, dataset or prompt problems: the user's to fix
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -128,7 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", default=None, help="local scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     setup_logging()
-    result = run_grpo(load_settings(), args.data, args.model, args.out, work_dir=args.work_dir)
+    from components.grpo.servers import rollout_server
+
+    with rollout_server(load_settings()) as settings:  # a no-op unless the launcher is on
+        result = run_grpo(settings, args.data, args.model, args.out, work_dir=args.work_dir)
     log.info("GRPO done: %s (step %d)", result.final_uri, result.global_step)
 
 

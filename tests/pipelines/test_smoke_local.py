@@ -20,7 +20,7 @@ def test_dmms_run_smoke_end_to_end(tmp_path):
     out = subprocess.run([DMMS, "run", "--pipeline", "smoke", "--param", "datagen_n=2", "--param", "eval_limit=2"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "| Mode |" in out.stdout and "| rag |" in out.stdout  # the results table
+    assert "| Mode |" in out.stdout and "| rag |" in out.stdout and "| agent |" in out.stdout  # the table
     assert "eval run" in out.stdout and "promotion:" in out.stdout
 
     mlc = MlflowClient(f"sqlite:///{tmp_path}/.dmms/mlflow.db")
@@ -37,11 +37,13 @@ def test_dmms_run_smoke_end_to_end(tmp_path):
     grpo_final = tmp_path / grpo_uri
     assert (grpo_final / MANIFEST).is_file() and grpo_final.parent.parent == store / "checkpoints"
     assert steps["evaluate"].data.tags["dmms.model_uri"] == grpo_uri  # GRPO's output was evaluated
-    assert "accuracy.avg.rag" in steps["evaluate"].data.metrics
+    assert {"accuracy.avg.direct", "accuracy.avg.rag", "accuracy.avg.agent"} <= set(steps["evaluate"].data.metrics)
 
-    # promotion registered the GRPO checkpoint and recorded a gate decision
+    # promotion registered the GRPO checkpoint and, there being no champion yet and the tiny
+    # profile's gates being the mechanism-only ones (profiles/tiny.yaml), crowned it champion
     (version,) = mlc.search_model_versions("name = 'deepmmsearch-agent'")
     assert version.tags["dmms.eval_run_id"] == steps["evaluate"].info.run_id
-    assert version.tags["dmms.promotion.decision"] in ("promoted", "refused")
+    assert version.tags["dmms.promotion.decision"] == "promoted", version.tags
     assert json.loads(version.tags["dmms.promotion.reasons"])
     assert mlc.get_model_version_by_alias("deepmmsearch-agent", "challenger").version == version.version
+    assert mlc.get_model_version_by_alias("deepmmsearch-agent", "champion").version == version.version
