@@ -49,11 +49,18 @@ def build_index(corpus: str, out: str, settings: Settings) -> dict[str, Any]:
         if not corpus_dir.is_dir():
             raise IndexFormatError(f"corpus {corpus} is not a folder (DESIGN.md §5: docs.jsonl, images.jsonl)")
         if _is_remote(out):
+            from components.common.storage import join_uri, open_store
+
             work = Path(tmp, "index")
             manifest = _build_into(corpus_dir, work, corpus, settings)
-            from components.common.storage import open_store
-
-            open_store(settings).upload_dir(work, out)
+            # manifest.json last: a reader refuses an index without it, so a half-uploaded index
+            # (a crash mid-upload) is never served; an old manifest goes first so the same holds
+            # when an index is rebuilt in place.
+            store = open_store(settings)
+            store.delete(join_uri(out, MANIFEST))
+            (work / MANIFEST).rename(Path(tmp, MANIFEST))
+            store.upload_dir(work, out)
+            store.put_file(Path(tmp, MANIFEST), join_uri(out, MANIFEST))
             return manifest
         with staged_dir(_local(out)) as work:
             return _build_into(corpus_dir, work, corpus, settings)
