@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from components.agent.protocol import PROTOCOL_TAGS
 from components.common.atomic import staged_dir
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,8 @@ SPECIAL_TOKENS = (
     "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 )
-# The agent protocol's tags (DESIGN.md §2): single, NON-special tokens so they survive decoding
-# with skip_special_tokens=True.
-PROTOCOL_TAGS = (
-    "<reason>", "</reason>", "<text_search>", "</text_search>", "<img_search>", "</img_search>",
-    "<img>", "</img>", "<answer>", "</answer>", "<information>", "</information>",
-)
+# The agent protocol's tags (DESIGN.md §2, from the protocol module) become single, NON-special
+# tokens so they survive decoding with skip_special_tokens=True.
 # Tiny architecture. Text: head_dim = 64 / 4 = 16, so mrope_section sums to 8 (Qwen's 1:1.5:1.5).
 TEXT_CONFIG = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,

@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from components.agent.generators.openai import restore_stop
 from components.agent.protocol import STOP_STRINGS
 from components.common.llm import ChatClient, image_part
 from components.common.settings import LLMEndpointSettings, Settings
@@ -104,10 +105,10 @@ class OpenAIGenerator:
         msgs = _with_image(messages, image_part(image.convert("RGB")))
         result = await self._client.complete(msgs, max_tokens=self.max_tokens, temperature=0.0,
                                              stop=list(STOP_STRINGS))
-        text = result.text
-        # Servers drop the stop string; put back the one the turn ended on so the parser sees it.
-        opened = [s for s in STOP_STRINGS if f"<{s[2:]}" in text and not text.rstrip().endswith(s)]
-        return text + opened[-1] if opened else text
+        # Servers drop the stop string; put back the one the turn ended on so the parser sees it
+        # (the agent loop's OpenAI generator does the same, with the same function).
+        text, _stop = restore_stop(result.text, result.finish_reason, STOP_STRINGS)
+        return text
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -25,7 +25,7 @@ import jinja2
 from PIL import Image
 
 from components.agent.judges import LLMJudge, RuleJudge, Verdict
-from components.agent.protocol import GIVE_UP_ANSWER, ActionKind, parse_turn
+from components.agent.protocol import GIVE_UP_ANSWER, ActionKind, defuse, parse_turn
 from components.evaluate.benchmarks import BenchItem
 from components.evaluate.generate import Generator
 from components.evaluate.records import EvalSample, TurnRecord
@@ -50,8 +50,8 @@ def render(name: str, **values: Any) -> str:
 
 def build_messages(mode: str, question: str, information: list[str] = ()) -> list[dict[str, Any]]:
     """System prompt + one user turn (the image first, then the text)."""
-    # Tool text may contain anything: defuse angle brackets so no result can forge a protocol tag.
-    blocks = [b.replace("<", "&lt;") for b in information]
+    # Tool text may contain anything: the protocol defuses it so no result can forge a tag.
+    blocks = [defuse(b) for b in information]
     user = render("user", question=question.strip(), information=blocks)
     return [{"role": "system", "content": render(mode)},
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]}]
