@@ -106,3 +106,32 @@ def freeze_vision(model) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("froze the vision tower and merger: %d frozen, %d trainable parameters", frozen, trainable)
     return {"frozen": frozen, "trainable": trainable}
+
+
+# Qwen2.5-VL: the language model lives under ``model.language_model``; the vision tower and its
+# merger (the projector) under ``model.visual``. LoRA (SFT and GRPO alike) targets only the former.
+LANGUAGE_PREFIX = "model.language_model."
+VISION_MARKERS = ("visual", "merger", "vision")
+
+
+def language_linear_modules(model) -> list[str]:
+    """Full names of every ``nn.Linear`` of the language model (not the vision tower/merger, not lm_head)."""
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and name.startswith(LANGUAGE_PREFIX)
+             and not any(m in name for m in VISION_MARKERS)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no linear layers under {LANGUAGE_PREFIX!r}: "
+                         "LoRA targets a Qwen2.5-VL language model")
+    return names
+
+
+def language_lora_config(model, r: int, alpha: int, dropout: float):
+    """peft ``LoraConfig`` over exactly the language model's linear layers (a regex of their names)."""
+    import re
+
+    from peft import LoraConfig
+
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in language_linear_modules(model)})
+    pattern = rf"{re.escape(LANGUAGE_PREFIX)}(?:.*\.)?({'|'.join(map(re.escape, leaves))})"
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern,
+                      bias="none", task_type="CAUSAL_LM")

@@ -21,8 +21,6 @@ import json
 import logging
 import random
 import re
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from components.agent.loop import AgentLoop, Sample
 from components.agent.protocol import EndReason
 from components.agent.sft_data import publish_dataset, rows_from_trajectories
 from components.agent.trajectory import Trajectory
+from components.common.atomic import staged_dir
 from components.common.settings import Settings, env_name
 from components.common.storage import open_store
 from components.common.tracking import tracked_run
@@ -131,19 +130,11 @@ def turn_histogram_png(hists: dict[str, dict[int, int]], path: Path, max_turns: 
 def _write_record(out: Path, trajs: list[Trajectory], stats: dict[str, Any], max_turns: int,
                   hists: dict[str, dict[int, int]]) -> None:
     """Write trajectories.jsonl, stats.json and turns.png to ``out`` (built aside, then renamed)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         (tmp / "trajectories.jsonl").write_text("".join(t.model_dump_json() + "\n" for t in trajs),
                                                 encoding="utf-8")
         (tmp / "stats.json").write_text(json.dumps(stats, indent=1, default=str), encoding="utf-8")
         turn_histogram_png(hists, tmp / "turns.png", max_turns)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def run_datagen(settings: Settings, seed_vqa: Path, teacher: str, n: int, out: Path) -> DatagenResult:

@@ -21,19 +21,11 @@ Import-only; tested by ``tests/unit/grpo/test_grpo_train.py``.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import torch
-
+from components.agent.models import language_lora_config
 from components.common.settings import Settings
-
-log = logging.getLogger(__name__)
-
-
-def on_cpu(settings: Settings) -> bool:
-    """True when training runs on the CPU (no CUDA, or the model device is cpu)."""
-    return settings.model.device == "cpu" or not torch.cuda.is_available()
+from components.common.training import trainer_kwargs
 
 
 def grpo_config(settings: Settings, output_dir: str | Path, **overrides) -> GRPOConfig:  # noqa: F821
@@ -41,38 +33,15 @@ def grpo_config(settings: Settings, output_dir: str | Path, **overrides) -> GRPO
     from trl import GRPOConfig
 
     g = settings.grpo
-    cpu = on_cpu(settings)
-    if cpu and (g.bf16 or g.gradient_checkpointing):
-        log.info("training on CPU: bf16 and gradient checkpointing turned off")
-    kwargs = dict(
-        output_dir=str(output_dir),
-        num_train_epochs=g.epochs,
-        max_steps=g.max_steps,
-        learning_rate=g.learning_rate,
-        lr_scheduler_type=g.lr_scheduler,
-        warmup_steps=g.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
-        per_device_train_batch_size=g.batch_size,
-        gradient_accumulation_steps=g.grad_accum,
+    kwargs = trainer_kwargs(g, settings, output_dir)
+    kwargs.update(
         num_generations=g.num_generations,
         beta=g.beta,
         epsilon=g.epsilon,
         temperature=g.temperature,
         max_completion_length=settings.model.max_new_tokens,  # per model turn (per generation call)
         reward_weights=[g.correct_weight, g.format_weight],
-        bf16=g.bf16 and not cpu,
-        gradient_checkpointing=g.gradient_checkpointing and not cpu,
-        use_cpu=cpu,
-        seed=g.seed,
-        data_seed=g.seed,
-        logging_steps=g.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=g.save_steps,
-        save_only_model=False,  # a step checkpoint holds optimizer, scheduler and RNG state to resume
-        report_to="none",  # our MLflow callback logs to the step's tracked run
-        remove_unused_columns=False,  # rewards read `answers` and `question`
         log_completions=False,
-        disable_tqdm=True,
         use_vllm=g.use_vllm,
         vllm_importance_sampling_correction=g.use_vllm,
     )
@@ -83,22 +52,7 @@ def grpo_config(settings: Settings, output_dir: str | Path, **overrides) -> GRPO
     return GRPOConfig(**kwargs)
 
 
-def language_linear_modules(model) -> list[str]:
-    """Leaf names of the language model's ``nn.Linear`` layers (not the vision tower, not lm_head)."""
-    leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                     if isinstance(module, torch.nn.Linear) and ".language_model." in f".{name}"
-                     and "visual" not in name})
-    if not leaves:
-        raise ValueError(f"{type(model).__name__} has no language-model linear layers: "
-                         "GRPO with LoRA expects a Qwen2.5-VL model")
-    return leaves
-
-
 def lora_config(settings: Settings, model) -> LoraConfig:  # noqa: F821
     """peft ``LoraConfig`` over the language model's linear layers (GRPO with ``full_finetune=false``)."""
-    from peft import LoraConfig
-
     g = settings.grpo
-    pattern = rf".*language_model.*\.({'|'.join(language_linear_modules(model))})$"
-    return LoraConfig(r=g.lora_r, lora_alpha=g.lora_alpha, lora_dropout=0.0, target_modules=pattern,
-                      bias="none", task_type="CAUSAL_LM")
+    return language_lora_config(model, g.lora_r, g.lora_alpha, 0.0)
