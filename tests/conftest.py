@@ -23,8 +23,18 @@ pytest_plugins = [
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch, tmp_path):
-    """No test sees the developer's own DMMS_* variables or .env; each runs in its own folder."""
+    """No test sees the developer's own DMMS_*/MLFLOW_* variables or .env; each runs in its own
+    folder; and whatever a test (or a library it calls: ``mlflow.set_tracking_uri`` exports
+    MLFLOW_TRACKING_URI) puts into the environment is gone after it, so subprocesses of later tests
+    start clean."""
+    saved = dict(os.environ)
     for key in list(os.environ):
-        if key.startswith("DMMS_") and not key.startswith("DMMS_TEST_"):
+        if (key.startswith("DMMS_") and not key.startswith("DMMS_TEST_")) or key in MLFLOW_TARGETS:
             monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+MLFLOW_TARGETS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "KFP_RUN_ID")

@@ -80,9 +80,13 @@ def _clip(value: Any, limit: int) -> str:
 
 
 def _prepare_uri(uri: str) -> str:
-    """Create the folder of an embedded SQLite store; pass server URIs through."""
+    """An embedded SQLite store: create its folder and make the path absolute (MLflow caches stores by
+    URI string, so a relative path would keep pointing at the first working directory's file).
+    Server URIs pass through."""
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
     return uri
 
 
@@ -104,6 +108,12 @@ def client(settings: Settings) -> MlflowClient:
                             "the model registry needs it; enable tracking to register or resolve models")
     uri = _prepare_uri(settings.tracking.uri)
     registry = _prepare_uri(settings.tracking.registry_uri) if settings.tracking.registry_uri else uri
+    # MLflow resolves some URIs through its process-wide target, not the client's (``runs:/`` sources
+    # of model versions, ``models:/`` downloads), and that target defaults to MLFLOW_TRACKING_URI /
+    # MLFLOW_REGISTRY_URI from the environment: point it at OUR settings so one step never reads or
+    # writes two stores.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(registry)
     return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
 
@@ -200,9 +210,7 @@ def tracked_run(settings: Settings, step: str, run_name: str | None = None,
         log.info("tracking disabled (DMMS_TRACKING__ENABLED=false): step %s logs nothing to MLflow", step)
         yield RunHandle(None, None)
         return
-    mlc = client(settings)
-    mlflow.set_tracking_uri(settings.tracking.uri)
-    mlflow.set_registry_uri(settings.tracking.registry_uri or settings.tracking.uri)
+    mlc = client(settings)  # also points MLflow's process-wide target at our stores
     experiment_id = _experiment_id(mlc, settings)
     name = run_name or (f"{settings.run_name}-{step}" if settings.run_name else step)
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=nested,

@@ -23,7 +23,8 @@ def test_dmms_run_smoke_end_to_end(tmp_path):
     assert "| Mode |" in out.stdout and "| rag |" in out.stdout and "| agent |" in out.stdout  # the table
     assert "eval run" in out.stdout and "promotion:" in out.stdout
 
-    mlc = MlflowClient(f"sqlite:///{tmp_path}/.dmms/mlflow.db")
+    db = f"sqlite:///{tmp_path}/.dmms/mlflow.db"
+    mlc = MlflowClient(tracking_uri=db, registry_uri=db)  # both: never MLflow's process-wide registry
     exp = mlc.get_experiment_by_name("deepmmsearch")
     runs = mlc.search_runs([exp.experiment_id])
     steps = {r.data.tags["dmms.step"]: r for r in runs}
