@@ -6,7 +6,8 @@ The batch is left-padded and generated in ONE ``model.generate`` call with the i
 ``stop_strings`` with the tokenizer) and at the end-of-turn token; it returns each row's ids as
 generated (cut after its stop string or end-of-turn token) and per-token logprobs from
 ``compute_transition_scores`` (log-softmax of the logits after the sampling processors, i.e. at
-the sampling temperature). The blocking call runs in a worker thread so tool calls go on.
+the sampling temperature). Vision placeholder tokens are never generated (:data:`VISION_TOKENS`).
+The blocking call runs in a worker thread so tool calls go on.
 
     gen = LocalGenerator.load(path, settings.model)
     outputs = await gen.generate(requests)
@@ -26,6 +27,18 @@ from components.agent.generators.base import GenOutput, GenRequest, find_stop
 log = logging.getLogger(__name__)
 
 
+# Tokens only the processor may place (around and for image/video features). A policy that samples
+# one (a random tiny model does) would make the training forward pass see more image placeholders
+# than image features ("Image features and image tokens do not match"), so they are never generated.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of :data:`VISION_TOKENS` that ``tokenizer`` knows."""
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
+
+
 class LocalGenerator:
     name = "local"
     lockstep = False
@@ -38,6 +51,7 @@ class LocalGenerator:
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.suppress_ids = vision_token_ids(self.tokenizer)
 
     @classmethod
     def load(cls, name_or_path: str, model_settings: Any) -> LocalGenerator:
@@ -83,7 +97,8 @@ class LocalGenerator:
         sample = first.temperature > 0
         kwargs: dict[str, Any] = dict(max_new_tokens=first.max_new_tokens, do_sample=sample,
                                       output_scores=True, return_dict_in_generate=True,
-                                      pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids))
+                                      pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
+                                      suppress_tokens=self.suppress_ids or None)
         if sample:
             kwargs.update(temperature=first.temperature, top_p=first.top_p, top_k=0)
         if first.stop:

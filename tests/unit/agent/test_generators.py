@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 from components.agent.generators.base import Batcher, GenRequest, LockstepBatcher
 from components.agent.generators.local import LocalGenerator
@@ -59,6 +60,32 @@ async def test_local_tiny_model_batches_and_returns_ids_and_logprobs(tiny, tools
         assert decoded == "".join(t.raw for t in traj.turns)
     out = to_rollout_output(result.trajectories)
     assert [len(x) for x in out["logprobs"]] == [len(x) for x in out["completion_ids"]]
+
+
+async def test_local_never_generates_vision_placeholder_tokens(tmp_path, tools):
+    """A policy that emits <|image_pad|> breaks the training forward pass (more placeholders than image
+    features): bias a tiny model so the pad is its favourite token and check it is never produced."""
+    from components.agent.generators.local import vision_token_ids
+
+    path = build_tiny_model(tmp_path / "model", seed=3)
+    model, processor = load_model_and_processor(str(path), load_settings(profile="tiny").model)
+    pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert pad in vision_token_ids(processor.tokenizer)
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[pad] = 1e4  # the pad is every position's favourite token by far
+    model.lm_head = head
+    ids = processor.tokenizer("<reason>", return_tensors="pt").input_ids
+    assert model(input_ids=ids).logits[0, -1].argmax().item() == pad  # unsuppressed, it would win
+    loop = AgentLoop(LocalGenerator(model, processor, seed=0), CountingTools(tools),
+                     LoopConfig(progress=False, max_new_tokens=16, temperature=0.0))
+    result = await loop.run(samples(2))
+    for traj in result.trajectories:
+        generated = [t for t, m in zip(traj.completion_ids, traj.completion_mask, strict=True) if m]
+        assert generated and pad not in generated
+        assert not set(generated) & set(vision_token_ids(processor.tokenizer))
 
 
 def test_local_row_is_cut_after_stop_string_or_eos(tiny):
