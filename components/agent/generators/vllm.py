@@ -30,6 +30,7 @@ import threading
 from typing import Any
 
 from components.agent.generators.base import GenOutput, GenRequest, find_stop
+from components.agent.generators.local import VISION_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,10 @@ class VLLMGenerator:
         images = [list(r.images) or None for r in requests]
         with self._lock:
             saved = self.vg.generation_kwargs
-            self.vg.generation_kwargs = {**saved, **({"stop": stops, "include_stop_str_in_output": True}
-                                                      if stops else {})}
+            # vision placeholders are never generated (see local.VISION_TOKENS for why)
+            self.vg.generation_kwargs = {**saved, "bad_words": list(VISION_TOKENS),
+                                         **({"stop": stops, "include_stop_str_in_output": True}
+                                            if stops else {})}
             try:
                 _, completion_ids, logprobs, _ = self.vg.generate(
                     prompts=[list(r.prompt_ids) for r in requests],

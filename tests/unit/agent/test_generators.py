@@ -171,6 +171,7 @@ async def test_vllm_generator_through_trl_generation_api(tiny, tools):
     assert all(c["kwargs"]["stop"] == sorted(STOP_STRINGS) and c["kwargs"]["include_stop_str_in_output"]
                for c in stand_in.calls if c["n"])
     assert stand_in.generation_kwargs == {"seed": 1}  # restored after each call
+    assert all("<|image_pad|>" in c["kwargs"]["bad_words"] for c in stand_in.calls)
     assert all(len(imgs) == 1 for c in stand_in.calls if c["n"] for imgs in c["images"])
     traj = result.trajectories[0]
     assert {lp for lp, m in zip(traj.logprobs, traj.completion_mask, strict=True) if m} == {-0.25}
