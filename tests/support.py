@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 
@@ -44,3 +47,20 @@ def wait_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen | None 
                 return
         time.sleep(0.1)
     raise TimeoutError(f"port {port} did not open within {timeout_s}s")
+
+
+@contextmanager
+def serve_in_thread(app, timeout_s: float = 30.0) -> Iterator[str]:
+    """Serve an ASGI ``app`` under uvicorn on a free loopback port in a daemon thread; yield its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_port(port, timeout_s=timeout_s)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

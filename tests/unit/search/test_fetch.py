@@ -8,16 +8,14 @@ flag) is refused, including after a redirect.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from components.search.fetch import FetchError, FetchRefused, fetch_page, resolve_checked
-from tests.support import free_port
+from tests.support import serve_in_thread
 
 ARTICLE = """<html><head><title>The Harbor Lighthouse</title></head><body>
 <nav>Home | About | Contact</nav>
@@ -80,15 +78,8 @@ def _site() -> FastAPI:
 
 @pytest.fixture(scope="module")
 def site():
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_site(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        threading.Event().wait(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(_site()) as url:
+        yield url
 
 
 async def test_extracts_main_text_after_a_redirect(site):

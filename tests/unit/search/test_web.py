@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 from collections import Counter
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Request, Response
 from pydantic import SecretStr
 
 from components.common.settings import load_settings
 from components.search import web
-from tests.support import free_port
+from tests.support import serve_in_thread
 
 KEY = "sk-test-0123456789"
 hits: Counter[str] = Counter()
@@ -87,15 +85,8 @@ def _fake_apis() -> FastAPI:
 
 @pytest.fixture(scope="module")
 def api_url():
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_fake_apis(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        threading.Event().wait(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(_fake_apis()) as url:
+        yield url
 
 
 async def test_searxng_maps_results(api_url):
