@@ -1,43 +1,42 @@
 """Answer judges: is a prediction the gold answer? Datagen filters, GRPO rewards and evaluation
-all ask this question, so it is answered here once.
+all ask this question, so it is answered here once (the factory is :mod:`components.agent.judging`).
 
-- :class:`RuleJudge` — no model: normalised exact / alias match (case, punctuation, articles,
-  whitespace), the gold contained as a whole phrase in a short prediction ("in 1889" for
-  "1889"), and numeric tolerance (relative, default 0; years compared exactly). Deterministic
-  and free: the default for the offline world and the tiny profile.
-- :class:`LLMJudge` — the paper's binary CORRECT/INCORRECT verdict from any OpenAI-compatible
-  endpoint (``settings.judge``), prompt in ``prompts/judge/v1.txt``, verdicts cached in memory
-  and optionally in a SQLite file so a re-run of an evaluation does not pay twice.
+- :class:`RuleJudge` — no model, deterministic, free: the default for the offline world and the
+  tiny profile, and a GRPO reward, so it must not be gameable. In order:
 
-Both return a :class:`Verdict` that records which judge decided, so stored results say how
-they were judged.
+  1. empty or give-up answers are INCORRECT;
+  2. an exact match with any alias after :func:`~components.agent.answers.normalise` (case,
+     accents, articles, punctuation, number words, thousands separators, unit spellings) is CORRECT;
+  3. an answer that hedges (``or``, ``either``, ``maybe``, ``probably``, ``between`` …) or
+     negates (``not``, ``isn't``, ``wrong`` …) is INCORRECT, unless the gold itself has the word;
+  4. a numeric gold (or an InfoSeek range) is matched by the ONE number the answer gives (numbers
+     copied from the question are ignored); a different unit after it, or a second number, is
+     INCORRECT; exact unless ``rel_tol`` is set, and years always exact;
+  5. a list (three or more parts, or two parts that both read as names: "Paris, Rome",
+     "Paris and France") is INCORRECT — give the one answer; an alias may spell a compound out;
+  6. the gold contained as a whole phrase in an answer at most ``max_extra_words`` longer is
+     CORRECT ("The capital is Paris.", "It was designed by Gustave Eiffel, a French engineer").
+
+- :class:`~components.agent.llm_judge.LLMJudge` — the paper's binary CORRECT/INCORRECT verdict
+  through an OpenAI-compatible endpoint.
+
+Both return a :class:`Verdict` that records which judge decided and why, and ``error=True`` when
+the judge itself failed (the verdict is then INCORRECT and counted, never raised).
 
     judge = RuleJudge()
     judge.judge("When was it built?", ["1889"], "It was completed in 1889.").correct  # True
+    judge.judge("Which city?", ["Paris"], "Paris or Rome").correct                    # False
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import re
-import sqlite3
-import string
-import threading
-import unicodedata
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
-from components.common.llm import ChatClient, LLMError
-from components.common.settings import LLMEndpointSettings
+from components.agent import answers as A
 
-log = logging.getLogger(__name__)
-
-GIVE_UP_MARKERS = ("unable to answer", "lack of relevant information")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_NUMBER = re.compile(r"^[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?$")
+normalise = A.normalise  # re-exported: callers compare answers through the judge module
+GIVE_UP_MARKERS = A.GIVE_UP_MARKERS
 
 
 @dataclass(frozen=True)
@@ -45,156 +44,86 @@ class Verdict:
     correct: bool
     judge: str
     detail: str = ""
+    error: bool = False  # the judge failed (timeout, unreadable verdict): scored INCORRECT, counted
 
 
-def normalise(text: str) -> str:
-    """Lowercase, strip accents, punctuation, articles and extra whitespace.
-
-    >>> normalise("  The Eiffel-Tower! ")
-    'eiffel tower'
-    """
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
-    text = "".join(" " if ch in string.punctuation and ch not in ".," else ch for ch in text)
-    text = re.sub(r"(?<!\d)[.,]|[.,](?!\d)", " ", text)  # keep 3.5 and 1,000; drop sentence marks
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def _as_number(text: str) -> float | None:
-    t = normalise(text).replace(",", "")
-    if _NUMBER.match(t):
-        try:
-            return float(t)
-        except ValueError:
-            return None
-    return None
+def _is_year(value: float, unit: str | None) -> bool:
+    return unit is None and value.is_integer() and 1000 <= value <= 2100
 
 
 class RuleJudge:
-    """Normalised alias match with phrase containment and numeric tolerance."""
+    """Normalised alias match that refuses hedges, negations and lists (see the module docstring)."""
 
     name = "rule"
+    prompt_version = "rules-v2"
 
     def __init__(self, rel_tol: float = 0.0, max_extra_words: int = 12):
         self.rel_tol = rel_tol
         self.max_extra_words = max_extra_words
 
-    def judge(self, question: str, golds: list[str], prediction: str | None) -> Verdict:
-        pred = normalise(prediction or "")
-        if not pred or any(m in pred for m in GIVE_UP_MARKERS):
+    async def ajudge(self, question: str, golds: list[str], prediction: str | None,
+                     answer_range: tuple[float, float] | None = None) -> Verdict:
+        return self.judge(question, golds, prediction, answer_range)
+
+    def judge(self, question: str, golds: list[str], prediction: str | None,
+              answer_range: tuple[float, float] | None = None) -> Verdict:
+        raw = prediction or ""
+        pred = A.normalise(raw)
+        if not pred or A.gives_up(pred):
             return Verdict(False, self.name, "empty or give-up answer")
-        pred_words = pred.split()
-        for gold in golds:
-            g = normalise(gold)
-            if not g:
-                continue
+        normed = [(g, n) for g in golds if (n := A.normalise(g))]
+        for gold, g in normed:
             if pred == g:
                 return Verdict(True, self.name, f"exact match {gold!r}")
-            gnum, pnum = _as_number(g), _as_number(pred)
-            if gnum is not None and pnum is not None and self._close(gnum, pnum):
-                return Verdict(True, self.name, f"numeric match {gold!r}")
-            if len(pred_words) <= len(g.split()) + self.max_extra_words and _contains_phrase(pred, g):
-                numbers = [w for w in pred_words if _as_number(w) is not None]
-                if gnum is not None and any(not self._close(gnum, _as_number(w)) for w in numbers):
-                    continue  # "1887 or 1889" hedges between numbers
+        gold_words = " ".join(g for _, g in normed)
+        if cue := A.hedge_cue(pred, gold_words):
+            return Verdict(False, self.name, f"hedges ({cue!r}): one answer, stated plainly")
+        if cue := A.negation_cue(pred, gold_words):
+            return Verdict(False, self.name, f"negates ({cue!r}): state the answer, not what it is not")
+        numeric = self._numeric(question, normed, pred, answer_range)
+        if numeric is not None:
+            return numeric
+        parts = A.raw_segments(raw)
+        gold_parts = max((len(A.raw_segments(gold)) for gold, _ in normed), default=1)
+        if len(parts) > max(2, gold_parts) or (len(parts) == 2 > gold_parts and all(map(A.name_like, parts))):
+            return Verdict(False, self.name, f"lists {len(parts)} candidates: give one answer")
+        words = len(pred.split())
+        for gold, g in normed:
+            if words <= len(g.split()) + self.max_extra_words and _contains_phrase(pred, g):
                 return Verdict(True, self.name, f"contains {gold!r}")
         return Verdict(False, self.name, "no gold answer matched")
 
-    def _close(self, a: float, b: float) -> bool:
-        if self.rel_tol == 0.0:
-            return a == b
-        return abs(a - b) <= self.rel_tol * max(abs(a), abs(b))
+    def _numeric(self, question: str, normed: list[tuple[str, str]], pred: str,
+                 answer_range: tuple[float, float] | None) -> Verdict | None:
+        """A verdict when the gold is a number (or a range), else None (not a numeric question)."""
+        targets = [(gold, A.quantities(g)[0]) for gold, g in normed if A.is_number(g)]
+        if not targets and answer_range is None:
+            return None
+        asked = {q.value for q in A.quantities(A.normalise(question))}
+        given = [q for q in A.quantities(pred) if q.value not in asked] or A.quantities(pred)
+        if not given:
+            return None if any(not A.is_number(g) for _, g in normed) else Verdict(
+                False, self.name, "no number in the answer")
+        if len({(q.value, q.unit) for q in given}) > 1:
+            return Verdict(False, self.name, f"gives {len(given)} numbers: give one")
+        q = given[0]
+        if answer_range is not None and answer_range[0] <= q.value <= answer_range[1]:
+            return Verdict(True, self.name, f"{q.value:g} within range [{answer_range[0]:g}, {answer_range[1]:g}]")
+        for gold, t in targets:
+            if q.unit is not None and t.unit is not None and q.unit != t.unit:
+                continue
+            if self._close(t, q.value):
+                return Verdict(True, self.name, f"numeric match {gold!r}")
+        if any(not A.is_number(g) for _, g in normed):
+            return None  # some alias is text: let the phrase match decide
+        return Verdict(False, self.name, f"number {q.value:g}{' ' + q.unit if q.unit else ''} matches no gold")
+
+    def _close(self, gold: A.Quantity, value: float) -> bool:
+        if self.rel_tol == 0.0 or _is_year(gold.value, gold.unit):
+            return gold.value == value
+        return abs(gold.value - value) <= self.rel_tol * max(abs(gold.value), abs(value))
 
 
 def _contains_phrase(text: str, phrase: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(phrase)}(?![\w]|\.\d)", text) is not None
 
-
-def judge_prompt(question: str, golds: list[str], prediction: str, version: str = "v1") -> str:
-    template = resources.files("components.agent").joinpath(f"prompts/judge/{version}.txt").read_text()
-    return template.format(question=question, golds="; ".join(golds), prediction=prediction or "(empty)")
-
-
-def parse_verdict(text: str) -> bool | None:
-    """CORRECT → True, INCORRECT → False, anything else → None.
-
-    >>> parse_verdict("CORRECT"), parse_verdict(" incorrect."), parse_verdict("maybe")
-    (True, False, None)
-    """
-    words = re.findall(r"[A-Za-z]+", text.upper())
-    if not words:
-        return None
-    if words[0] == "INCORRECT" or ("INCORRECT" in words and "CORRECT" not in words):
-        return False
-    if words[0] == "CORRECT" or "CORRECT" in words:
-        return True
-    return None
-
-
-class _VerdictCache:
-    """Verdicts by content hash: in memory, plus a SQLite file when a path is given."""
-
-    def __init__(self, path: str | Path | None):
-        self._mem: dict[str, bool] = {}
-        self._lock = threading.Lock()
-        self._db = None
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), check_same_thread=False)
-            self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, correct INTEGER)")
-            self._db.commit()
-
-    def get(self, key: str) -> bool | None:
-        with self._lock:
-            if key in self._mem:
-                return self._mem[key]
-            if self._db is not None:
-                row = self._db.execute("SELECT correct FROM verdicts WHERE key=?", (key,)).fetchone()
-                if row is not None:
-                    self._mem[key] = bool(row[0])
-                    return bool(row[0])
-        return None
-
-    def put(self, key: str, value: bool) -> None:
-        with self._lock:
-            self._mem[key] = value
-            if self._db is not None:
-                self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?)", (key, int(value)))
-                self._db.commit()
-
-
-class LLMJudge:
-    """The paper's binary judge through an OpenAI-compatible endpoint, cached."""
-
-    def __init__(self, endpoint: LLMEndpointSettings, cache_path: str | Path | None = None,
-                 prompt_version: str = "v1", client: ChatClient | None = None):
-        self.endpoint = endpoint
-        self.prompt_version = prompt_version
-        self.name = f"llm:{endpoint.model or endpoint.base_url}"
-        self._client = client or ChatClient(endpoint)
-        self._cache = _VerdictCache(cache_path)
-
-    def _key(self, question: str, golds: list[str], prediction: str) -> str:
-        blob = json.dumps([self.name, self.prompt_version, question, golds, prediction])
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    async def ajudge(self, question: str, golds: list[str], prediction: str | None) -> Verdict:
-        prediction = prediction or ""
-        if not prediction.strip():
-            return Verdict(False, self.name, "empty answer")
-        key = self._key(question, golds, prediction)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return Verdict(cached, self.name, "cached")
-        prompt = judge_prompt(question, golds, prediction, self.prompt_version)
-        result = await self._client.complete([{"role": "user", "content": prompt}],
-                                             max_tokens=4, temperature=0.0)
-        verdict = parse_verdict(result.text)
-        if verdict is None:
-            raise LLMError(f"judge {self.name} answered neither CORRECT nor INCORRECT: {result.text[:80]!r}")
-        self._cache.put(key, verdict)
-        return Verdict(verdict, self.name, result.text.strip()[:40])
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

@@ -42,6 +42,7 @@ from components.common.settings_sections import (  # noqa: F401  (re-exported: i
     DatagenSettings,
     EvaluateSettings,
     GRPOSettings,
+    JudgeSettings,
     LLMEndpointSettings,
     ModelSettings,
     PipelinesSettings,
@@ -76,7 +77,7 @@ class Settings(BaseSettings):
     tools: ToolsSettings = Field(default_factory=ToolsSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
-    judge: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
     teacher: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
     sft: SFTSettings = Field(default_factory=SFTSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)

@@ -89,6 +89,17 @@ class LLMEndpointSettings(_Section):
         return bool(self.base_url)
 
 
+class JudgeSettings(LLMEndpointSettings):
+    """The answer judge (components/agent/judging.py): its LLM endpoint (the paper's CORRECT/INCORRECT
+    judge) and what every step that judges shares — datagen filters, GRPO rewards, evaluation."""
+
+    prompt_version: str = Field("v2", description="Judge prompt template (components/agent/prompts/judge/).")
+    concurrency: int = Field(16, ge=1, description="Judge requests in flight at once, per step.")
+    rel_tol: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Rule judge: relative tolerance of numeric answers (0: exact; years are always exact).")
+
+
 class ToolsSettings(_Section):
     """The search tool-server: how it serves and how clients reach it."""
 
@@ -228,8 +239,9 @@ class EvaluateSettings(_Section):
     endpoint: LLMEndpointSettings = Field(
         default_factory=LLMEndpointSettings,
         description="Timeouts, retries and key for a model evaluated behind an OpenAI-compatible endpoint.")
-    judge: Literal["rule", "llm"] = Field(
-        "rule", description="rule (no model) or llm (the paper's CORRECT/INCORRECT judge at DMMS_JUDGE__*).")
+    judge: Literal["auto", "rule", "llm"] = Field(
+        "auto", description="Correctness judge: rule, llm (DMMS_JUDGE__*), or auto (llm if DMMS_JUDGE__BASE_URL "
+        "is set): the same judge GRPO trains with, so what is promoted is scored as it was rewarded.")
     limit: int | None = Field(None, ge=1, description="Items per benchmark (deterministic sample); all if unset.")
     seed: int = Field(0, description="Seed of the benchmark sub-sample.")
     concurrency: int = Field(8, ge=1, description="Samples in flight at once.")
@@ -316,6 +328,9 @@ class DatagenSettings(_Section):
         2, ge=0, le=8, description="Oracle teacher: text re-queries when a result misses the fact.")
     taxonomy_prompt_version: str = Field(
         "v1", description="Version of the category classification prompt (datagen/prompts/).")
+    judge: Literal["auto", "rule", "llm"] = Field(
+        "auto", description="Judge of the 'correct' filter: rule, llm (DMMS_JUDGE__*), or auto (llm if "
+        "DMMS_JUDGE__BASE_URL is set).")
 
 
 class PipelinesSettings(_Section):

@@ -35,6 +35,7 @@ from typing import Any
 
 from PIL import Image
 
+from components.agent.infoseek import infoseek_answers
 from components.datagen.vqa import VQAError, VQAItem, VQAWriter
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,6 @@ def _dedupe(values: list[str]) -> list[str]:
             seen.add(v.lower())
             out.append(v)
     return out
-
-
-def _number(v: Any) -> str:
-    f = float(v)
-    return str(int(f)) if f.is_integer() else repr(f)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -86,22 +82,6 @@ def _image_format(data: bytes, where: str) -> str:
 
 
 # ---- InfoSeek ------------------------------------------------------------------------------------
-def infoseek_answers(row: dict[str, Any]) -> list[str]:
-    """Answers of an InfoSeek row: ``answer`` then ``answer_eng`` aliases; numbers from ``wikidata``."""
-    out: list[str] = []
-    for key in ("answer", "answer_eng"):
-        values = row.get(key)
-        for a in values if isinstance(values, list) else [values] if values is not None else []:
-            if isinstance(a, dict):
-                if a.get("wikidata") is not None:
-                    out.append(_number(a["wikidata"]))
-            elif isinstance(a, int | float) and not isinstance(a, bool):
-                out.append(_number(a))
-            elif isinstance(a, str):
-                out.append(a)
-    return _dedupe(out)
-
-
 class _ImageFinder:
     """Finds ``<image_id>.<ext>`` under a folder (directly, else by one recursive scan) or in id2image."""
 
@@ -144,7 +124,7 @@ def load_infoseek(jsonl: Path, image_dir: Path, out: Path, *, id2image: Path | N
             if missing:
                 raise VQAError(f"{where}: missing {', '.join(missing)} (an InfoSeek row has data_id, "
                                "image_id, question, answer, answer_eng)")
-            answers = infoseek_answers(row)
+            answers, answer_range = infoseek_answers(row)
             if not answers:
                 raise VQAError(f"{where}: no usable answer in 'answer' or 'answer_eng'")
             if w.has_id(str(row["data_id"])):
@@ -154,7 +134,7 @@ def load_infoseek(jsonl: Path, image_dir: Path, out: Path, *, id2image: Path | N
                 raise VQAError(f"{where}: image {row['image_id']!r} not found under {image_dir}")
             rel = f"images/{row['image_id']}{src.suffix.lower()}"
             item = VQAItem(id=str(row["data_id"]), image=rel, question=str(row["question"]).strip(),
-                           answers=answers, entity=row.get("entity_id"))
+                           answers=answers, answer_range=answer_range, entity=row.get("entity_id"))
             w.add(item, None if w.has_image(rel) else src)
         items = list(w.items)
     log.info("InfoSeek: %d items from %s -> %s", len(items), jsonl, out)

@@ -38,6 +38,8 @@ class VQAItem(BaseModel):
     image: str = Field(min_length=1, description="Image path relative to the set's folder.")
     question: str = Field(min_length=1)
     answers: list[str] = Field(min_length=1, description="Gold answer first, then aliases.")
+    answer_range: tuple[float, float] | None = Field(
+        None, description="Accepted numeric range [lo, hi] (InfoSeek's numeric answers).")
     requires_search: bool | None = None
     category: str | None = None
     entity: str | None = None

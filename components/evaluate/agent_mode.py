@@ -12,19 +12,21 @@ tool latencies are exact per turn.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
 from components.agent.generators.local import LocalGenerator as AgentLocalGenerator
 from components.agent.generators.openai import OpenAIGenerator as AgentOpenAIGenerator
+from components.agent.judging import Judge
 from components.agent.loop import AgentLoop, Sample
 from components.agent.protocol import SEARCH_KINDS, ActionKind
 from components.agent.trajectory import Trajectory
 from components.common.settings import Settings
-from components.evaluate.benchmarks import Benchmark
+from components.evaluate.benchmarks import BenchItem, Benchmark
 from components.evaluate.generate import ModelSpec, endpoint_of
-from components.evaluate.modes import Judge, judge_answer
+from components.evaluate.modes import judge_sample
 from components.evaluate.records import EvalSample, TurnRecord
 from components.search.client import ToolClient
 
@@ -48,10 +50,13 @@ def _turns(traj: Trajectory) -> list[TurnRecord]:
     return out
 
 
-def to_sample(traj: Trajectory, bench: Benchmark, image_path: str, latency_s: float) -> EvalSample:
+def to_sample(traj: Trajectory, bench: Benchmark, image_path: str, latency_s: float,
+              item: BenchItem | None = None) -> EvalSample:
     return EvalSample(
         benchmark=bench.name, mode="agent", item_id=traj.sample_id, question=traj.question,
-        answers=traj.answers, image_path=image_path, prediction=traj.final_answer or "",
+        answers=traj.answers, answer_range=item.answer_range if item else None,
+        requires_search=item.requires_search if item else None,
+        image_path=image_path, prediction=traj.final_answer or "",
         turns=_turns(traj), model_turns=len(traj.turns), text_searches=traj.text_searches,
         image_searches=traj.image_searches, crop_searches=traj.crop_searches,
         format_errors=traj.invalid_turns, end_reason=traj.end_reason.value if traj.end_reason else "",
@@ -71,9 +76,13 @@ async def run_agent(benchmarks: list[Benchmark], generator: Any, tools: ToolClie
         t0 = time.perf_counter()
         result = await loop.run(inputs)
         per_item = (time.perf_counter() - t0) / max(1, len(inputs))
+        by_id = {i.id: i for i in bench.items}
         for traj in result.trajectories:
-            sample = to_sample(traj, bench, paths[traj.sample_id], per_item)
-            verdict = await judge_answer(judge, sample.question, sample.answers, sample.prediction)
-            sample.correct, sample.judge, sample.judge_detail = verdict.correct, verdict.judge, verdict.detail
-            samples.append(sample)
-    return samples
+            samples.append(to_sample(traj, bench, paths[traj.sample_id], per_item, by_id.get(traj.sample_id)))
+    sem = asyncio.Semaphore(settings.judge.concurrency)
+
+    async def judged(sample: EvalSample) -> EvalSample:
+        async with sem:
+            return await judge_sample(sample, judge)
+
+    return list(await asyncio.gather(*(judged(s) for s in samples)))

@@ -45,6 +45,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from components.agent.infoseek import infoseek_answers
+
 log = logging.getLogger(__name__)
 
 VQA_FILE = "vqa.jsonl"
@@ -67,6 +69,7 @@ class BenchItem(BaseModel):
     image: str
     question: str
     answers: list[str] = Field(min_length=1)
+    answer_range: tuple[float, float] | None = Field(None, description="Accepted numeric range (InfoSeek).")
     requires_search: bool | None = None
     category: str | None = None
     entity: str | None = None
@@ -180,7 +183,8 @@ class _Writer:
         self.skipped = Counter()
 
     def add(self, item_id: str, question: str, answers: list[str], image: Path | bytes | None,
-            category: str | None = None, entity: str | None = None) -> None:
+            category: str | None = None, entity: str | None = None,
+            answer_range: tuple[float, float] | None = None) -> None:
         if image is None:
             self.skipped["image not found"] += 1
             return
@@ -196,7 +200,7 @@ class _Writer:
             rel = f"images/{safe}{ext}"
             (self.out / rel).write_bytes(image)
         self.items.append(BenchItem(id=f"{self.name}-{item_id}", image=rel, question=question.strip(),
-                                    answers=answers, category=category, entity=entity))
+                                    answers=answers, answer_range=answer_range, category=category, entity=entity))
 
 
 def _finish(w: _Writer, limit: int | None, seed: int) -> Benchmark:
@@ -221,12 +225,10 @@ def _finish(w: _Writer, limit: int | None, seed: int) -> Benchmark:
 def _infoseek(src: Path, w: _Writer) -> None:
     images = _image_index(src)
     for row in _read_json_records(_find_file(src, ["*.jsonl"])):
-        answers = _dedupe([*(row.get("answer_eng") or []), *(row.get("answer") or [])])
-        for ev in row.get("answer_eval") or []:
-            if isinstance(ev, str):
-                answers += [ev] if ev not in answers else []
+        answers, answer_range = infoseek_answers(row)
         w.add(str(row["data_id"]), row["question"], answers, images.get(str(row["image_id"])),
-              category=row.get("data_split"), entity=row.get("entity_text") or row.get("entity_id"))
+              category=row.get("data_split"), entity=row.get("entity_text") or row.get("entity_id"),
+              answer_range=answer_range)
 
 
 def _encvqa(src: Path, w: _Writer) -> None:

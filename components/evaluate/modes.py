@@ -9,8 +9,9 @@ mode answers one :class:`BenchItem` and returns an :class:`EvalSample` that the 
   results in ``<information>`` blocks (``prompts/rag_v1.txt``). Tool failures become text.
 - agent: the agent loop (``components/agent/loop.py``), run by :mod:`components.evaluate.agent_mode`.
 
-The model's turn is read with the protocol's parser (:func:`parse_turn`); a turn that is not a
-valid ``<answer>`` counts as a format error and its raw text is judged as the prediction.
+The model's turn is read with the protocol's parser (:func:`parse_turn`), as in agent mode: the
+prediction is what an ``<answer>`` holds; a turn that is not a valid ``<answer>`` is a format error
+and "no answer" (never its raw text judged), so no mode gets credit the others cannot.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 import jinja2
 from PIL import Image
 
-from components.agent.judges import LLMJudge, RuleJudge, Verdict
+from components.agent.judges import Verdict
+from components.agent.judging import Judge
 from components.agent.protocol import GIVE_UP_ANSWER, ActionKind, defuse, parse_turn
 from components.evaluate.benchmarks import BenchItem
 from components.evaluate.generate import Generator
@@ -33,7 +35,6 @@ from components.search.client import ToolClient
 
 MODES = ("direct", "rag", "agent")
 PROMPT_VERSION = "v1"
-Judge = RuleJudge | LLMJudge
 
 
 @cache
@@ -57,15 +58,24 @@ def build_messages(mode: str, question: str, information: list[str] = ()) -> lis
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]}]
 
 
-async def judge_answer(judge: Judge, question: str, golds: list[str], prediction: str) -> Verdict:
-    if isinstance(judge, LLMJudge):
-        return await judge.ajudge(question, golds, prediction)
-    return judge.judge(question, golds, prediction)
+async def judge_sample(sample: EvalSample, judge: Judge) -> EvalSample:
+    """Score ``sample.prediction``; a judge failure is INCORRECT with ``judge_error`` set, never raised."""
+    if not sample.prediction:
+        verdict = Verdict(False, judge.name, "no answer")
+    else:
+        try:
+            verdict = await judge.ajudge(sample.question, sample.answers, sample.prediction, sample.answer_range)
+        except Exception as exc:  # noqa: BLE001 - one sample's judge failure must not end the evaluation
+            verdict = Verdict(False, judge.name, f"judge error: {type(exc).__name__}: {exc}", error=True)
+    sample.correct, sample.judge, sample.judge_detail = verdict.correct, verdict.judge, verdict.detail
+    sample.judge_error = verdict.error
+    return sample
 
 
 def _new_sample(benchmark: str, mode: str, item: BenchItem, root: str) -> EvalSample:
     return EvalSample(benchmark=benchmark, mode=mode, item_id=item.id, question=item.question,
-                      answers=item.answers, image_path=str((Path(root) / item.image).resolve()))
+                      answers=item.answers, answer_range=item.answer_range, requires_search=item.requires_search,
+                      image_path=str((Path(root) / item.image).resolve()))
 
 
 async def _answer_turn(sample: EvalSample, gen: Generator, messages: list[dict[str, Any]],
@@ -80,16 +90,10 @@ async def _answer_turn(sample: EvalSample, gen: Generator, messages: list[dict[s
         sample.end_reason = "give_up" if action.gives_up else "answer"
     else:
         sample.format_errors += 1
-        sample.prediction = text.strip()
+        sample.prediction = ""  # no valid <answer>: no answer, exactly as in agent mode
         sample.end_reason = "invalid" if not action.valid else f"unexpected_{action.kind.value}"
     sample.turns.append(TurnRecord(role="model", text=text, action=action.kind.value,
                                    error=action.error, latency_s=time.perf_counter() - t0))
-
-
-async def _judge(sample: EvalSample, judge: Judge) -> EvalSample:
-    verdict = await judge_answer(judge, sample.question, sample.answers, sample.prediction)
-    sample.correct, sample.judge, sample.judge_detail = verdict.correct, verdict.judge, verdict.detail
-    return sample
 
 
 async def run_direct(benchmark: str, root: str, item: BenchItem, gen: Generator, judge: Judge) -> EvalSample:
@@ -99,7 +103,7 @@ async def run_direct(benchmark: str, root: str, item: BenchItem, gen: Generator,
         image = img.convert("RGB")
     await _answer_turn(sample, gen, build_messages("direct", item.question), image)
     sample.latency_s = time.perf_counter() - t0
-    return await _judge(sample, judge)
+    return await judge_sample(sample, judge)
 
 
 async def run_rag(benchmark: str, root: str, item: BenchItem, gen: Generator, judge: Judge,
@@ -126,4 +130,4 @@ async def run_rag(benchmark: str, root: str, item: BenchItem, gen: Generator, ju
     information.append(text or "")
     await _answer_turn(sample, gen, build_messages("rag", item.question, information), image)
     sample.latency_s = time.perf_counter() - t0
-    return await _judge(sample, judge)
+    return await judge_sample(sample, judge)

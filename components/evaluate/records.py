@@ -32,11 +32,14 @@ class EvalSample(BaseModel):
     item_id: str
     question: str
     answers: list[str]
+    answer_range: tuple[float, float] | None = Field(None, description="Accepted numeric range (InfoSeek).")
+    requires_search: bool | None = Field(None, description="The item's label: needs a search to be answered.")
     image_path: str = Field(description="Absolute path of the input image.")
-    prediction: str = ""
+    prediction: str = Field("", description="The final answer the protocol parser extracted; '' = no answer.")
     correct: bool = False
     judge: str = ""
     judge_detail: str = ""
+    judge_error: bool = Field(False, description="The judge failed on this sample (scored INCORRECT).")
     turns: list[TurnRecord] = Field(default_factory=list)
     model_turns: int = 0
     text_searches: int = 0

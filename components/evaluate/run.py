@@ -23,13 +23,15 @@ from pathlib import Path
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from components.agent.judges import LLMJudge, RuleJudge
+from components.agent import judging
+from components.agent.judging import Judge
+from components.agent.llm_judge import LLMJudge
 from components.common.settings import Settings
 from components.common.tracking import tracked_run
 from components.evaluate import metrics as M
 from components.evaluate.benchmarks import Benchmark, iter_benchmarks
 from components.evaluate.generate import Generator, ModelSpec, open_generator
-from components.evaluate.modes import MODES, Judge, run_direct, run_rag
+from components.evaluate.modes import MODES, run_direct, run_rag
 from components.evaluate.plots import write_plots
 from components.evaluate.records import EvalSample
 from components.evaluate.report import write_html, write_table
@@ -59,12 +61,11 @@ def benchmarks_version(versions: dict[str, str]) -> str:
 
 
 def make_judge(settings: Settings, out_dir: Path) -> Judge:
-    if settings.evaluate.judge == "llm":
-        if not settings.judge.configured:
-            raise EvalError("DMMS_EVALUATE__JUDGE=llm needs a judge endpoint: set DMMS_JUDGE__BASE_URL "
-                            "and DMMS_JUDGE__MODEL (or use DMMS_EVALUATE__JUDGE=rule)")
-        return LLMJudge(settings.judge, cache_path=out_dir / "judge_cache.db")
-    return RuleJudge()
+    """Evaluation's judge: the same factory as GRPO's reward and datagen's filter (``DMMS_EVALUATE__JUDGE``)."""
+    try:
+        return judging.make_judge(settings, "evaluate", cache_path=out_dir / "judge_cache.db")
+    except judging.JudgeConfigError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def _check_modes(modes: list[str]) -> None:
@@ -154,7 +155,7 @@ def evaluate(settings: Settings, spec: ModelSpec, benchmark_specs: list[str], mo
     out = Path(out_dir or ev.out_dir)
     judge = make_judge(settings, out)
     tags = {"dmms.model": spec.label, "dmms.model_backend": spec.backend, "dmms.modes": ",".join(modes),
-            "dmms.judge": judge.name, "dmms.benchmarks": ",".join(versions),
+            **judging.judge_tags(judge), "dmms.benchmarks": ",".join(versions),
             "dmms.benchmarks_version": combined,
             **{f"dmms.bench.{k}.version": v for k, v in versions.items()}}
     with tracked_run(settings, "evaluate", tags=tags) as run:
@@ -165,6 +166,7 @@ def evaluate(settings: Settings, spec: ModelSpec, benchmark_specs: list[str], mo
         cells, files = write_outputs(samples, benches, modes, meta, out)
         flat = M.flat_metrics(cells)
         flat["samples"] = float(len(samples))
+        flat["judge_errors"] = float(sum(s.judge_error for s in samples))
         flat["wall_time_s"] = wall
         run.log_metrics(flat)
         run.log_artifact(out / "samples.jsonl", ARTIFACT_DIR)

@@ -23,16 +23,17 @@ Run the doctests: ``.venv/bin/python -m pytest -q --doctest-modules components/g
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.agent.judges import LLMJudge, RuleJudge
+from components.agent import judging
+from components.agent.judges import RuleJudge
+from components.agent.judging import Judge, JudgeItem, judge_many
 from components.agent.protocol import ActionKind, parse_turn
 from components.agent.trajectory import format_score
-from components.common.settings import Settings, env_name
+from components.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,17 @@ def _searched(i: int, kwargs: dict[str, Any]) -> bool:
 
 def correctness_reward(prompts: Sequence[Any], completions: Sequence[Any], answers: Sequence[Sequence[str]],
                        question: Sequence[str] | None = None, final_answer: Sequence[str | None] | None = None,
-                       judge: Any = None, search_penalty: float = 0.0, **kwargs: Any) -> list[float]:
-    """1.0 if the final answer matches the gold ``answers`` (rule judge unless ``judge`` is given),
-    else 0.0; a correct answer that searched earns ``1 - search_penalty`` (MMSearch-R1).
+                       judge: Any = None, search_penalty: float = 0.0,
+                       answer_range: Sequence[Sequence[float] | None] | None = None,
+                       log_metric: Callable[[str, float], None] | None = None,
+                       judge_concurrency: int = 16, **kwargs: Any) -> list[float]:
+    """1.0 if the final answer is judged correct against the gold ``answers`` (rule judge unless
+    ``judge`` is given), else 0.0; a correct answer that searched earns ``1 - search_penalty``
+    (MMSearch-R1). A judge failure scores 0.0 and is counted: ``judge_errors`` through TRL's
+    ``log_metric`` (→ MLflow), never raised — one flaky judge call must not kill a GRPO step.
 
     >>> done = [{"role": "assistant", "content": "<reason>Known.</reason><answer>Paris</answer>"}]
-    >>> wrong = [{"role": "assistant", "content": "<reason>Guess.</reason><answer>Rome</answer>"}]
+    >>> wrong = [{"role": "assistant", "content": "<reason>Guess.</reason><answer>Paris or Rome</answer>"}]
     >>> correctness_reward([None, None], [done, wrong], answers=[["Paris"], ["Paris"]])
     [1.0, 0.0]
     >>> correctness_reward([None, None], [done, done], answers=[["Paris"]] * 2, final_answer=["Paris", "Paris"],
@@ -94,29 +100,16 @@ def correctness_reward(prompts: Sequence[Any], completions: Sequence[Any], answe
     judge = judge or RuleJudge()
     predictions = _answers(completions, final_answer)
     questions = list(question) if question is not None else [""] * len(predictions)
-    if isinstance(judge, LLMJudge):
-        correct = _llm_verdicts(judge, questions, answers, predictions)
-    else:
-        correct = [judge.judge(q, list(a), p).correct if p else False
-                   for q, a, p in zip(questions, answers, predictions, strict=True)]
-    return [(1.0 - search_penalty if _searched(i, kwargs) else 1.0) if ok else 0.0
-            for i, ok in enumerate(correct)]
-
-
-def _llm_verdicts(judge: LLMJudge, questions, answers, predictions) -> list[bool]:
-    async def run() -> list[bool]:
-        try:
-            verdicts = await asyncio.gather(*[judge.ajudge(q, list(a), p) if p else _false()
-                                              for q, a, p in zip(questions, answers, predictions, strict=True)])
-        finally:
-            await judge.aclose()
-        return [v.correct if v is not None else False for v in verdicts]
-
-    return asyncio.run(run())
-
-
-async def _false() -> None:
-    return None
+    ranges = list(answer_range) if answer_range is not None else [None] * len(predictions)
+    items = [JudgeItem(q, list(a), p, tuple(r) if r else None)
+             for q, a, p, r in zip(questions, answers, predictions, ranges, strict=True)]
+    verdicts, stats = judge_many(judge, items, judge_concurrency)
+    if log_metric is not None:
+        log_metric("judge_errors", float(stats.errors))
+    if stats.errors:
+        log.warning("correctness reward: %d of %d verdicts failed (scored 0)", stats.errors, stats.judged)
+    return [(1.0 - search_penalty if _searched(i, kwargs) else 1.0) if v.correct else 0.0
+            for i, v in enumerate(verdicts)]
 
 
 def format_reward(prompts: Sequence[Any], completions: Sequence[Any],
@@ -147,40 +140,24 @@ def format_reward(prompts: Sequence[Any], completions: Sequence[Any],
     return scores
 
 
-def make_judge(settings: Settings, cache_dir: str | Path | None = None) -> Any:
-    """The correctness judge ``settings.grpo.judge`` asks for (``auto``: LLM if ``settings.judge`` is set)."""
-    choice = settings.grpo.judge
-    if choice == "auto":
-        choice = "llm" if settings.judge.configured else "rule"
-    if choice == "rule":
-        return RuleJudge()
-    if not settings.judge.configured:
-        raise ValueError(f"{env_name('grpo', 'judge')}=llm needs an endpoint: set "
-                         f"{env_name('judge', 'base_url')} (and {env_name('judge', 'model')})")
+def make_judge(settings: Settings, cache_dir: str | Path | None = None) -> Judge:
+    """The correctness judge of GRPO (``DMMS_GRPO__JUDGE``; :func:`components.agent.judging.make_judge`)."""
     cache = Path(cache_dir, "judge-verdicts.sqlite") if cache_dir else None
-    return _LLMJudgeFactory(settings, cache)
-
-
-class _LLMJudgeFactory:
-    """Makes a fresh :class:`LLMJudge` per reward call (its HTTP client belongs to one event loop);
-    verdicts persist across calls in the SQLite cache."""
-
-    def __init__(self, settings: Settings, cache_path: Path | None):
-        self.settings, self.cache_path = settings, cache_path
-
-    def __call__(self) -> LLMJudge:
-        return LLMJudge(self.settings.judge, cache_path=self.cache_path)
+    try:
+        return judging.make_judge(settings, "grpo", cache)
+    except judging.JudgeConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def make_reward_funcs(settings: Settings, cache_dir: str | Path | None = None) -> list[RewardFunc]:
     """``[correctness, format]`` bound to the settings' judge and search penalty, in the order of
     ``GRPOConfig.reward_weights``."""
     judge = make_judge(settings, cache_dir)
-    penalty = settings.grpo.search_penalty
+    penalty, concurrency = settings.grpo.search_penalty, settings.judge.concurrency
 
     def correctness(prompts, completions, **kwargs):
-        bound = judge() if isinstance(judge, _LLMJudgeFactory) else judge
-        return correctness_reward(prompts, completions, judge=bound, search_penalty=penalty, **kwargs)
+        return correctness_reward(prompts, completions, judge=judge, search_penalty=penalty,
+                                  judge_concurrency=concurrency, **kwargs)
 
     def format(prompts, completions, **kwargs):  # noqa: A001 - TRL logs the function's name
         return format_reward(prompts, completions, **kwargs)

@@ -79,12 +79,13 @@ async def test_llm_judge_when_configured(openai_server):
     assert len(openai_server.requests) == 2
 
 
-async def test_llm_judge_failure_is_an_error_not_a_silent_pass(openai_server):
-    import pytest
-
-    from components.common.llm import LLMError
-
-    openai_server.replies.append(Reply(text="maybe"))
-    settings = Settings(profile="tiny", judge={"base_url": openai_server.base_url, "model": "judge"})
-    with pytest.raises(LLMError, match="neither CORRECT nor INCORRECT"):
-        await apply_filters([_traj("a", [SEARCH, _answer("1902")])], settings)
+async def test_llm_judge_failure_is_counted_and_dropped_not_a_silent_pass(openai_server):
+    """An unreadable verdict (twice) drops the trajectory and is counted; the batch carries on."""
+    openai_server.replies.extend([Reply(text="maybe"), Reply(text="maybe")])
+    openai_server.responder = lambda body: "CORRECT"
+    settings = Settings(profile="tiny", judge={"base_url": openai_server.base_url, "model": "judge",
+                                               "concurrency": 1})
+    kept, report = await apply_filters([_traj("a", [SEARCH, _answer("1902")]),
+                                        _traj("b", [SEARCH, _answer("1902")])], settings)
+    assert [t.sample_id for t in kept] == ["b"]
+    assert report.judge_errors == 1 and report.dropped["correct"] == ["a"]
