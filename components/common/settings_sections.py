@@ -298,15 +298,22 @@ class GRPOSettings(_Section):
 
 
 class PromoteSettings(_Section):
-    """Promotion gates: a challenger becomes champion only if it passes all of them."""
+    """Promotion gates: a challenger becomes champion only if it passes all of them (components/registry)."""
 
     min_accuracy: float = Field(
         0.0, ge=0.0, le=100.0, description="Minimum average accuracy (%) of the gated mode.")
+    min_search_required_accuracy: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="Minimum accuracy (%) of the gated mode on search-required questions (items labelled "
+        "requires_search); a run without such items fails this gate when it is above 0.")
     max_regression: float = Field(
         2.0, ge=0.0, le=100.0,
-        description="No benchmark may be worse than the champion's by more than this many points.")
+        description="Non-inferiority margin (points): per benchmark, the paired-bootstrap interval of "
+        "challenger - champion must lie above -margin to promote; wholly below 0 is a significant drop "
+        "(refused); in between the sample cannot tell (undecided, not promoted).")
     max_format_error_rate: float = Field(
         20.0, ge=0.0, le=100.0, description="Ceiling on the share (%) of samples with a format error.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the paired-bootstrap interval.")
     mode: str = Field("agent", description="The evaluation mode whose numbers the gates read.")
 
 

@@ -3,7 +3,8 @@
 Why pure: the table, the plots, MLflow and the promotion gates all read these numbers, so they are
 computed in one place, from the stored samples alone, and tested against a hand-computed case.
 
-Per (benchmark, mode) cell: accuracy (%), searches per question, share of text / image / crop
+Per (benchmark, mode) cell: accuracy (%) with ``n`` and its 95% bootstrap interval
+(:func:`components.common.stats.bootstrap_ci`), judge errors, searches per question, share of text / image / crop
 searches among all searches, model turns per question, format errors per question and the share of
 samples with at least one, mean / p50 / p95 latency. Per mode: the average accuracy over benchmarks
 (the paper's "Avg" column: an unweighted mean of the benchmark accuracies).
@@ -20,6 +21,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel
 
+from components.common.stats import bootstrap_ci
 from components.evaluate.records import EvalSample
 
 
@@ -30,6 +32,9 @@ class Cell(BaseModel):
     mode: str
     n: int
     accuracy: float
+    ci95_lo: float
+    ci95_hi: float
+    judge_errors: int
     searches_per_question: float
     text_share: float
     image_share: float
@@ -70,6 +75,8 @@ def cell(samples: list[EvalSample]) -> Cell:
     return Cell(
         benchmark=samples[0].benchmark, mode=samples[0].mode, n=len(samples),
         accuracy=100.0 * _mean([float(s.correct) for s in samples]),
+        **dict(zip(("ci95_lo", "ci95_hi"), bootstrap_ci([float(s.correct) for s in samples]), strict=True)),
+        judge_errors=sum(s.judge_error for s in samples),
         searches_per_question=total / len(samples),
         text_share=share(sum(s.text_searches for s in samples)),
         image_share=share(sum(s.image_searches for s in samples)),
@@ -107,7 +114,7 @@ def mode_format_error_rates(cells: dict[tuple[str, str], Cell]) -> dict[str, flo
     return {mode: bad[mode] / n[mode] for mode in n}
 
 
-FIELDS = ("accuracy", "searches_per_question", "text_share", "image_share", "crop_share", "turns",
+FIELDS = ("accuracy", "ci95_lo", "ci95_hi", "n", "judge_errors", "searches_per_question", "text_share", "image_share", "crop_share", "turns",
           "format_errors", "format_error_rate", "latency_mean_s", "latency_p50_s", "latency_p95_s")
 
 
@@ -134,6 +141,38 @@ def accuracy_table(cells: dict[tuple[str, str], Cell], benchmarks: list[str],
         for bench in benchmarks:
             c = cells.get((bench, mode))
             row[bench] = round(c.accuracy, 2) if c else None
+            row[f"{bench}_ci95"] = (c.ci95_lo, c.ci95_hi) if c else None
+            row[f"{bench}_n"] = c.n if c else 0
         row["avg"] = round(averages[mode], 2) if mode in averages else None
         rows.append(row)
     return rows
+
+
+SPLITS = ("search_required", "search_free")
+
+
+def split_metrics(samples: Iterable[EvalSample]) -> dict[str, float]:
+    """Per mode, over every item labelled ``requires_search``: accuracy with n and 95% interval for
+    search-required and search-free items, searches per question, and the search decision (share of
+    labelled items where the model searched exactly when the item needs it).
+
+    Keys: ``accuracy|ci95_lo|ci95_hi|n|searches_per_question.<split>.<mode>`` and
+    ``search_decision.all.<mode>``; nothing for a mode without labelled items.
+    """
+    by_mode: dict[str, list[EvalSample]] = defaultdict(list)
+    for s in samples:
+        if s.requires_search is not None:
+            by_mode[s.mode].append(s)
+    out: dict[str, float] = {}
+    for mode, group in by_mode.items():
+        for split in SPLITS:
+            part = [s for s in group if s.requires_search == (split == "search_required")]
+            if not part:
+                continue
+            lo, hi = bootstrap_ci([float(s.correct) for s in part])
+            out[f"accuracy.{split}.{mode}"] = 100.0 * _mean([float(s.correct) for s in part])
+            out[f"ci95_lo.{split}.{mode}"], out[f"ci95_hi.{split}.{mode}"] = lo, hi
+            out[f"n.{split}.{mode}"] = float(len(part))
+            out[f"searches_per_question.{split}.{mode}"] = _mean([float(s.searches) for s in part])
+        out[f"search_decision.all.{mode}"] = _mean([float((s.searches > 0) == s.requires_search) for s in group])
+    return out

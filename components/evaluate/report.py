@@ -31,26 +31,38 @@ THUMB_PX = 320
 
 def write_table(cells: dict[tuple[str, str], Cell], benchmarks: list[str], modes: list[str],
                 out_dir: Path) -> tuple[Path, Path]:
-    """``table.md`` and ``table.csv``: rows = modes, columns = benchmarks then Avg (accuracy %)."""
+    """``table.md`` and ``table.csv``: rows = modes, columns = benchmarks then Avg (accuracy %, each
+    with its 95% bootstrap interval and n)."""
     rows = accuracy_table(cells, benchmarks, modes)
     header = ["Mode", *(DISPLAY.get(b, b) for b in benchmarks), "Avg"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        lines.append("| " + " | ".join([str(row["mode"]), *(_fmt(row[b]) for b in benchmarks),
+        lines.append("| " + " | ".join([str(row["mode"]), *(_fmt_ci(row, b) for b in benchmarks),
                                         _fmt(row["avg"])]) + " |")
     md = out_dir / "table.md"
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     path = out_dir / "table.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["mode", *benchmarks, "avg"])
+        writer.writerow(["mode", *(f"{b}{k}" for b in benchmarks for k in ("", "_ci95_lo", "_ci95_hi", "_n")), "avg"])
         for row in rows:
-            writer.writerow([row["mode"], *(row[b] for b in benchmarks), row["avg"]])
+            values = []
+            for b in benchmarks:
+                ci = row[f"{b}_ci95"] or (None, None)
+                values += [row[b], ci[0], ci[1], row[f"{b}_n"]]
+            writer.writerow([row["mode"], *values, row["avg"]])
     return md, path
 
 
 def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
+
+
+def _fmt_ci(row: dict, bench: str) -> str:
+    if row[bench] is None:
+        return "–"
+    lo, hi = row[f"{bench}_ci95"]
+    return f"{row[bench]:.2f} [{lo:.1f}, {hi:.1f}] n={row[f'{bench}_n']}"
 
 
 def _data_uri(image: Image.Image) -> str:

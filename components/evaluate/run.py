@@ -164,7 +164,7 @@ def evaluate(settings: Settings, spec: ModelSpec, benchmark_specs: list[str], mo
         wall = time.perf_counter() - t0
         meta = {"model": spec.label, "judge": judge.name, "run_id": run.run_id, "versions": versions}
         cells, files = write_outputs(samples, benches, modes, meta, out)
-        flat = M.flat_metrics(cells)
+        flat = {**M.flat_metrics(cells), **M.split_metrics(samples)}
         flat["samples"] = float(len(samples))
         flat["judge_errors"] = float(sum(s.judge_error for s in samples))
         flat["wall_time_s"] = wall

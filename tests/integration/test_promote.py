@@ -25,18 +25,18 @@ from components.registry.promote import promote, rollback
 
 @pytest.fixture(scope="module")
 def benches(tmp_path_factory):
-    """Two versions of a 4-item benchmark: ``v1`` and ``v2`` (one more item)."""
+    """Two versions of a 40-item benchmark: ``v1`` and ``v2`` (one more item)."""
     root = tmp_path_factory.mktemp("promote-bench")
     rows = []
-    for k in range(5):
+    for k in range(41):
         rows.append({"id": f"q{k}", "image": f"images/{k}.png", "question": f"What is the code of panel {k}?",
                      "answers": [f"code{k}"]})
     out = {}
-    for name, n in (("v1", 4), ("v2", 5)):
+    for name, n in (("v1", 40), ("v2", 41)):
         folder = root / name
         (folder / "images").mkdir(parents=True)
         for r in rows[:n]:
-            Image.new("RGB", (32, 32), (40 * int(r["id"][1:]), 90, 90)).save(folder / r["image"])
+            Image.new("RGB", (32, 32), (6 * int(r["id"][1:]), 90, 90)).save(folder / r["image"])
         (folder / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n]))
         out[name] = folder
     return out, rows
@@ -58,42 +58,56 @@ def _tags(mlflow_server, settings, version):
     return MlflowClient(mlflow_server).get_model_version(settings.tracking.model_name, version).tags
 
 
-def test_promote_refuse_and_rollback(benches, mlflow_server, openai_server, tmp_path):
+def test_promote_refuse_undecided_and_rollback(benches, mlflow_server, openai_server, tmp_path):
     folders, rows = benches
     settings = load_settings(
         tracking={"uri": mlflow_server, "experiment": "promote-tests", "model_name": f"p-{uuid.uuid4().hex[:8]}"},
         promote={"mode": "direct", "min_accuracy": 25.0, "max_regression": 10.0, "max_format_error_rate": 5.0},
         evaluate={"out_dir": str(tmp_path / "eval")})
     # 1. first model, 50%: no champion yet, passes the minimum -> champion
-    run_a = _eval(settings, openai_server, folders["v1"], rows, 2)
+    run_a = _eval(settings, openai_server, folders["v1"], rows, 20)
     a = promote(settings, run_a, "s3://store/checkpoints/a/final", "sha-a")
     assert a.promoted and a.champion_before is None
     assert get_alias(settings, "champion").version == a.version
     assert _tags(mlflow_server, settings, a.version)["dmms.eval_run_id"] == run_a
-    # 2. better challenger, 100% on the same benchmark version -> champion
-    run_b = _eval(settings, openai_server, folders["v1"], rows, 4)
+    # 2. better challenger, 90% on the same benchmark version -> champion
+    run_b = _eval(settings, openai_server, folders["v1"], rows, 36)
     b = promote(settings, run_b, "s3://store/checkpoints/b/final")
     assert b.promoted and b.champion_before == a.version
     assert get_alias(settings, "champion").version == b.version
     tags_b = _tags(mlflow_server, settings, b.version)
     assert tags_b["dmms.promotion.decision"] == "promoted" and tags_b["dmms.promotion.compared_to"] == a.version
-    # 3. worse challenger, 75%: 25 points below on "panels" > margin 10 -> refused, says why
-    run_c = _eval(settings, openai_server, folders["v1"], rows, 3)
+    # 3. significantly worse challenger, 60% (12 of B's right items now wrong) -> refused, says why
+    run_c = _eval(settings, openai_server, folders["v1"], rows, 24)
     c = promote(settings, run_c, "s3://store/checkpoints/c/final")
-    assert not c.promoted
+    assert c.status == "refused"
     assert get_alias(settings, "champion").version == b.version
     assert get_alias(settings, "challenger").version == c.version
     tags_c = _tags(mlflow_server, settings, c.version)
     assert tags_c["dmms.promotion.decision"] == "refused"
     reasons = json.loads(tags_c["dmms.promotion.reasons"])
-    assert reasons == ["panels: accuracy 75.00 is 25.00 points below the champion's 100.00 (allowed: 10.00)"]
-    # 4. a perfect challenger on ANOTHER benchmark version: not compared, refused, says why
-    run_d = _eval(settings, openai_server, folders["v2"], rows, 5)
+    assert len(reasons) == 1 and reasons[0].startswith("panels: challenger - champion = -30.00 points")
+    assert reasons[0].endswith("significantly worse")
+    # 4. two items worse (85%): 40 items cannot rule out a drop beyond 10 points -> undecided
+    run_u = _eval(settings, openai_server, folders["v1"], rows, 34)
+    u = promote(settings, run_u, "s3://store/checkpoints/u/final")
+    assert u.status == "undecided" and not u.promoted
+    tags_u = _tags(mlflow_server, settings, u.version)
+    assert tags_u["dmms.promotion.decision"] == "undecided" and "undecided" in tags_u["dmms.promotion.reasons"]
+    assert get_alias(settings, "champion").version == b.version
+    # 5. a perfect challenger on ANOTHER benchmark version: not compared, refused, says why
+    run_d = _eval(settings, openai_server, folders["v2"], rows, 41)
     d = promote(settings, run_d, "s3://store/checkpoints/d/final")
     assert not d.promoted and "benchmark versions differ" in d.reasons[0]
     assert "benchmark versions differ" in _tags(mlflow_server, settings, d.version)["dmms.promotion.reasons"]
     assert get_alias(settings, "champion").version == b.version
-    # 5. rollback: champion back to the previous version (a), then nothing further back
+    # 6. a gate whose metric the run lacks: refused with the reason as a tag
+    floor = settings.model_copy(update={"promote": settings.promote.model_copy(
+        update={"min_search_required_accuracy": 10.0})})
+    m = promote(floor, run_b, "s3://store/checkpoints/b/final")
+    assert m.status == "refused"
+    assert "no search-required accuracy" in _tags(mlflow_server, settings, m.version)["dmms.promotion.reasons"]
+    # 7. rollback: champion back to the previous version (a), then nothing further back
     assert rollback(settings) == (b.version, a.version)
     assert get_alias(settings, "champion").version == a.version
     assert _tags(mlflow_server, settings, b.version)["dmms.promotion.rolled_back_to"] == a.version

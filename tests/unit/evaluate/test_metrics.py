@@ -55,8 +55,15 @@ def test_flat_metrics_average_is_unweighted_over_benchmarks():
 
 def test_table_layout_rows_are_modes_columns_benchmarks():
     rows = accuracy_table(summarise(SAMPLES), ["infoseek", "okvqa"], ["direct", "agent"])
-    assert rows == [{"mode": "direct", "infoseek": None, "okvqa": 50.0, "avg": 50.0},
-                    {"mode": "agent", "infoseek": 100.0, "okvqa": 66.67, "avg": 83.33}]
+    keys = ("mode", "infoseek", "okvqa", "avg")
+    assert [{k: r[k] for k in keys} for r in rows] == [
+        {"mode": "direct", "infoseek": None, "okvqa": 50.0, "avg": 50.0},
+        {"mode": "agent", "infoseek": 100.0, "okvqa": 66.67, "avg": 83.33}]
+    # every cell carries n and its 95% bootstrap interval, which holds the point estimate
+    assert rows[0]["infoseek_n"] == 0 and rows[0]["infoseek_ci95"] is None
+    assert rows[1]["okvqa_n"] == 3
+    lo, hi = rows[1]["okvqa_ci95"]
+    assert lo <= 66.67 <= hi and hi - lo > 10
 
 
 def test_percentile_edges():
