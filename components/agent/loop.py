@@ -31,6 +31,7 @@ import asyncio
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -238,8 +239,12 @@ class AgentLoop:
             setattr(config, key, value)
         return cls(generator, tools, config)
 
-    async def run(self, samples: list[Sample]) -> LoopResult:
-        """Run every sample to its end; trajectories come back in the order of ``samples``."""
+    async def run(self, samples: list[Sample],
+                  on_finish: Callable[[Trajectory, dict[str, bytes]], None] | None = None) -> LoopResult:
+        """Run every sample to its end; trajectories come back in the order of ``samples``.
+
+        ``on_finish(trajectory, images)`` is called as each trajectory ends (datagen's journal keeps
+        it there, so a crash loses nothing that finished); ``images`` maps sha256 to bytes."""
         lockstep = getattr(self.generator, "lockstep", False)
         self.batcher = (LockstepBatcher(self.generator) if lockstep
                         else Batcher(self.generator, max_batch=self.config.concurrency))
@@ -251,6 +256,8 @@ class AgentLoop:
         async def one(sample: Sample) -> Trajectory:
             async with sem:
                 traj = await Rollout(self, sample).run()
+            if on_finish is not None:
+                on_finish(traj, self.images)
             bar.update(1)
             return traj
 

@@ -124,7 +124,10 @@ def row_from_trajectory(traj: Trajectory, image_bytes_by_sha: Mapping[str, bytes
         "final_answer": traj.final_answer,
         "judge_correct": traj.judge.correct,
         "judge_name": traj.judge.judge,
-        "trajectory_json": traj.model_dump_json(),
+        # What was said, not how long it took: wall-clock latencies stay out of the row, so the same
+        # trajectories give the same content-addressed version (a resumed datagen run included).
+        "trajectory_json": traj.model_copy(update={"turns": [
+            t.model_copy(update={"tool_latency_s": None}) for t in traj.turns]}).model_dump_json(),
     }
 
 

@@ -338,6 +338,10 @@ class DatagenSettings(_Section):
     judge: Literal["auto", "rule", "llm"] = Field(
         "auto", description="Judge of the 'correct' filter: rule, llm (DMMS_JUDGE__*), or auto (llm if "
         "DMMS_JUDGE__BASE_URL is set).")
+    journal_dir: str | None = Field(
+        None, description="Folder of the run's journal (finished trajectories, teacher completions, verdicts) "
+        "that a restarted run resumes from; default: <out>.journal. On a cluster, a path on a volume that "
+        "outlives the pod.")
 
 
 class PipelinesSettings(_Section):

@@ -7,6 +7,13 @@ file, an unreachable teacher or tool-server, nothing left after the filters — 
 :class:`DatagenError` (or :class:`VQAError`) with what to change, and publishes nothing: the
 dataset version is written by ``publish_dataset`` with its manifest last, only at the end.
 
+Nothing paid for is lost: every trajectory is journaled as it finishes and every teacher
+completion as it arrives (:mod:`components.datagen.journal`, ``<out>.journal/`` or
+``DMMS_DATAGEN__JOURNAL_DIR``), so a run killed halfway and started again with the same arguments
+skips the finished samples, replays the in-flight ones from the journal, makes no teacher call
+twice and publishes the same content-addressed dataset. Judge verdicts are cached there too; a
+failed verdict is counted (MLflow ``judge_errors``), never fatal.
+
     result = run_datagen(load_settings(), Path("world/vqa/train"), "oracle", n=200, out=Path("out/dg"))
     result.dataset_uri   # datasets/deepmmsearchvqa/<version> in the object store
 
@@ -17,6 +24,7 @@ dataset version is written by ``publish_dataset`` with its manifest last, only a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -28,16 +36,19 @@ from typing import Any
 
 import httpx
 
+from components.agent.judging import JudgeConfigError, judge_tags, make_judge
+from components.agent.llm_judge import LLMJudge
 from components.agent.loop import AgentLoop, Sample
-from components.agent.protocol import EndReason
+from components.agent.protocol import EndReason, Limits
 from components.agent.sft_data import publish_dataset, rows_from_trajectories
-from components.agent.trajectory import Trajectory
+from components.agent.trajectory import Trajectory, sha256_of
 from components.common.atomic import staged_dir
 from components.common.settings import Settings, env_name
 from components.common.storage import open_store
 from components.common.tracking import tracked_run
 from components.datagen.balance import Candidate, balance
 from components.datagen.filters import apply_filters
+from components.datagen.journal import Journal, JournaledGenerator, JournalError
 from components.datagen.teachers import TeacherError, assign_categories, make_teacher
 from components.datagen.vqa import VQAItem, read_vqa
 
@@ -142,6 +153,19 @@ def run_datagen(settings: Settings, seed_vqa: Path, teacher: str, n: int, out: P
     return asyncio.run(arun_datagen(settings, seed_vqa, teacher, n, out))
 
 
+def journal_dir(settings: Settings, out: Path) -> Path:
+    return Path(settings.datagen.journal_dir) if settings.datagen.journal_dir else Path(f"{out}.journal")
+
+
+def _fingerprint(settings: Settings, seed_vqa: Path, teacher: str, items: list[VQAItem]) -> dict[str, Any]:
+    """What must not change between a run and its restart (else the journal is refused)."""
+    ids = hashlib.sha256("\n".join(i.id for i in items).encode()).hexdigest()[:16]
+    return {"seed_vqa": str(seed_vqa.resolve()), "teacher": teacher, "items": ids,
+            "teacher_model": settings.teacher.model if teacher == "llm" else "",
+            "prompt_version": settings.agent.prompt_version,
+            "limits": Limits.from_settings(settings.agent).model_dump(mode="json")}
+
+
 async def arun_datagen(settings: Settings, seed_vqa: Path, teacher: str, n: int, out: Path) -> DatagenResult:
     if n < 1:
         raise DatagenError(f"--n must be at least 1, got {n}")
@@ -149,41 +173,83 @@ async def arun_datagen(settings: Settings, seed_vqa: Path, teacher: str, n: int,
     items = _seed_items(settings, seed_vqa)
     root = (seed_vqa.parent if seed_vqa.suffix == ".jsonl" else seed_vqa)
     try:
-        generator = await make_teacher(settings, teacher, items, root)
-    except TeacherError as exc:
+        journal = Journal.open(journal_dir(settings, out), _fingerprint(settings, seed_vqa, teacher, items))
+    except JournalError as exc:
         raise DatagenError(str(exc)) from None
+    resuming = bool(journal.done()) or journal.has_completions
+    try:
+        generator = await make_teacher(settings, teacher, items, root, probe=not resuming)
+    except TeacherError as exc:
+        journal.close()
+        raise DatagenError(str(exc)) from None
+    if teacher == "llm":  # a paid teacher: every completion journaled, replayed on a restart
+        generator = JournaledGenerator(generator, journal)
     try:
         await _check_tools(settings)
         with tracked_run(settings, "datagen", tags={"dmms.teacher": teacher}) as run:
-            return await _generate(settings, items, root, generator, teacher, n, out, run, seed_vqa)
+            result = await _generate(settings, items, root, generator, teacher, n, out, run, seed_vqa, journal)
+    except BaseException:
+        journal.close()
+        raise
     finally:
         await generator.aclose()
-
-
-async def _run_loop(settings: Settings, generator: Any, items: list[VQAItem], root: Path, teacher: str):
-    from components.search.client import ToolClient
-
-    overrides: dict[str, Any] = {"concurrency": settings.datagen.concurrency}
-    if teacher == "llm":
-        overrides.update(temperature=settings.teacher.temperature, max_new_tokens=settings.teacher.max_tokens)
-    async with ToolClient.from_settings(settings) as tools:
-        loop = AgentLoop.from_settings(generator, tools, settings, **overrides)
-        result = await loop.run(_samples(items, root))
-    errors = sum(t.end_reason == EndReason.GENERATION_ERROR for t in result.trajectories)
-    if errors == len(result.trajectories):
-        raise DatagenError(f"the {teacher} teacher produced no turn for any of the {errors} samples "
-                           f"(every generation failed; see the log): check {env_name('teacher', 'base_url')}")
-    tool_errors = sum(t.end_reason == EndReason.TOOL_ERROR for t in result.trajectories)
-    if tool_errors:
-        log.warning("%d of %d trajectories ended on a tool error", tool_errors, len(result.trajectories))
+    journal.remove()  # published; the record in ``out`` keeps every trajectory
     return result
 
 
+async def _run_loop(settings: Settings, generator: Any, items: list[VQAItem], root: Path, teacher: str,
+                    journal: Journal) -> tuple[list[Trajectory], dict[str, bytes]]:
+    """Trajectories of every item, in item order: the journal's finished ones, and the rest run now."""
+    from components.search.client import ToolClient
+
+    done = journal.done()
+    todo = [i for i in items if i.id not in done]
+    if done:
+        log.info("datagen: %d of %d samples already done (journal %s); running %d", len(items) - len(todo),
+                 len(items), journal.root, len(todo))
+    overrides: dict[str, Any] = {"concurrency": settings.datagen.concurrency}
+    if teacher == "llm":
+        overrides.update(temperature=settings.teacher.temperature, max_new_tokens=settings.teacher.max_tokens)
+    images = journal.images()
+    for item in items:
+        if item.id in done:
+            data = (root / item.image).read_bytes()
+            images[sha256_of(data)] = data
+    fresh: dict[str, Trajectory] = {}
+    if todo:
+        async with ToolClient.from_settings(settings) as tools:
+            loop = AgentLoop.from_settings(generator, tools, settings, **overrides)
+            result = await loop.run(_samples(todo, root), on_finish=journal.record)
+        fresh = {t.sample_id: t for t in result.trajectories}
+        images.update(result.images)
+    if isinstance(generator, JournaledGenerator):
+        log.info("teacher: %d completions replayed from the journal, %d asked", journal.replayed, journal.recorded)
+    trajs = [done.get(i.id) or fresh[i.id] for i in items]
+    errors = sum(t.end_reason == EndReason.GENERATION_ERROR for t in trajs)
+    if errors == len(trajs):
+        raise DatagenError(f"the {teacher} teacher produced no turn for any of the {errors} samples "
+                           f"(every generation failed; see the log): check {env_name('teacher', 'base_url')}")
+    tool_errors = sum(t.end_reason == EndReason.TOOL_ERROR for t in trajs)
+    if tool_errors:
+        log.warning("%d of %d trajectories ended on a tool error", tool_errors, len(trajs))
+    return trajs, images
+
+
 async def _generate(settings: Settings, items: list[VQAItem], root: Path, generator: Any, teacher: str,
-                    n: int, out: Path, run: Any, seed_vqa: Path) -> DatagenResult:
-    result = await _run_loop(settings, generator, items, root, teacher)
-    trajs = result.trajectories
-    kept, report = await apply_filters(trajs, settings)
+                    n: int, out: Path, run: Any, seed_vqa: Path, journal: Journal) -> DatagenResult:
+    trajs, images = await _run_loop(settings, generator, items, root, teacher, journal)
+    try:
+        judge = make_judge(settings, "datagen", cache_path=journal.root / "verdicts.sqlite")
+    except JudgeConfigError as exc:
+        raise DatagenError(str(exc)) from None
+    run.set_tags(judge_tags(judge))
+    ranges = {i.id: i.answer_range for i in items if i.answer_range is not None}
+    try:
+        kept, report = await apply_filters(trajs, settings, judge=judge, ranges=ranges)
+    finally:
+        if isinstance(judge, LLMJudge):
+            await judge.aclose()
+    run.log_metrics({"judge_errors": float(report.judge_errors)})
     if not kept:
         raise DatagenError(f"no trajectory passed the filters (after each: {report.counts}); nothing "
                            "to publish: check the teacher, the tool-server's index and the seed answers")
@@ -199,7 +265,7 @@ async def _generate(settings: Settings, items: list[VQAItem], root: Path, genera
     chosen = {c.id for c in picked}
     selected = [t for t in kept if t.sample_id in chosen]
     counts = {**report.counts, "selected": len(selected)}
-    rows = rows_from_trajectories(selected, result.images, meta)
+    rows = rows_from_trajectories(selected, images, meta)
     mix = tool_mix(selected)
     turns = dict(sorted(Counter(len(t.turns) for t in selected).items()))
     hists = {"generated": dict(Counter(len(t.turns) for t in trajs)), "dataset": turns}

@@ -69,8 +69,10 @@ async def probe_endpoint(settings: Settings) -> None:
                            f"{env_name('teacher', 'base_url')} and {env_name('teacher', 'api_key')}") from None
 
 
-async def make_teacher(settings: Settings, teacher: str, items: list[VQAItem], seed_root: Path) -> Any:
-    """The generator backend of ``teacher`` (``oracle`` or ``llm``), checked and ready."""
+async def make_teacher(settings: Settings, teacher: str, items: list[VQAItem], seed_root: Path,
+                       probe: bool = True) -> Any:
+    """The generator backend of ``teacher`` (``oracle`` or ``llm``), checked and ready (``probe=False``:
+    skip the one-request probe, as a resumed run does: it has already seen the endpoint answer)."""
     if teacher == "oracle":
         try:
             world = load_world(world_path(settings, seed_root))
@@ -80,7 +82,8 @@ async def make_teacher(settings: Settings, teacher: str, items: list[VQAItem], s
     if teacher == "llm":
         from components.agent.generators.openai import OpenAIGenerator
 
-        await probe_endpoint(settings)
+        if probe:
+            await probe_endpoint(settings)
         log.info("teacher: %s at %s", settings.teacher.model or "(default model)", settings.teacher.base_url)
         return OpenAIGenerator(settings.teacher, concurrency=settings.datagen.concurrency)
     raise TeacherError(f"unknown teacher {teacher!r}: use one of {', '.join(TEACHERS)}")

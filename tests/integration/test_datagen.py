@@ -240,3 +240,101 @@ def test_llm_teacher_through_an_openai_compatible_endpoint(world, tools_url, tmp
                for b in bodies)
     assert all(b["model"] == "teacher" for b in bodies)
     assert [v.uri for v in _versions(settings)] == [result.dataset_uri]
+
+
+def _decode_teacher_request(body: dict):
+    """OpenAI chat JSON → our messages + PIL images (what a vision model would read)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    ours, images = [], []
+    for m in body["messages"]:
+        if isinstance(m["content"], list):
+            url = next(p["image_url"]["url"] for p in m["content"] if p["type"] == "image_url")
+            images.append(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+            text = "".join(p.get("text", "") for p in m["content"] if p["type"] == "text")
+            ours.append({"role": m["role"], "content": [{"type": "image"}, {"type": "text", "text": text}]})
+        else:
+            ours.append(m)
+    return ours, images
+
+
+def test_sigkilled_datagen_resumes_without_asking_the_teacher_twice(world, tools_url, tmp_path, openai_server):
+    """The llm teacher is a loopback stand-in (a hosted vision model cannot run here) that plays the
+    oracle's policy and counts every request. Run A goes through uninterrupted. Run B is a real
+    ``dmms datagen`` process, SIGKILLed by the teacher itself halfway through A's number of calls,
+    then started again with the same arguments: it publishes the same dataset version as A, and the
+    only teacher request made twice is the one in flight at the kill (its answer never arrived; B
+    runs one trajectory at a time so exactly one is in flight) — every answer received is replayed."""
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from components.agent.generators.base import GenRequest
+    from components.datagen.oracle import OracleGenerator, load_world
+
+    seed = world / "world" / "vqa" / "train"
+    policy = OracleGenerator(load_world(world / "world" / "world.json"), read_vqa(seed), seed)
+    calls: list[str] = []
+    kill = {"after": None, "proc": None}
+    lock = threading.Lock()
+
+    def model(body: dict) -> str:
+        if body["messages"][-1]["content"] == "Reply with OK.":
+            with lock:
+                calls.append("probe")
+            return "OK"
+        with lock:
+            calls.append(hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest())
+            if kill["after"] is not None and len(calls) >= kill["after"] and kill["proc"] is not None:
+                os.kill(kill["proc"].pid, signal.SIGKILL)
+                kill["proc"] = None
+        ours, images = _decode_teacher_request(body)
+        out = policy._one(GenRequest(images=images, messages=ours))
+        return out.text.removesuffix(out.stop or "")
+
+    openai_server.responder = model
+    teacher = {"base_url": openai_server.base_url, "model": "teacher", "max_retries": 0}
+    n_rows = 12
+    # A: uninterrupted, in process
+    settings_a = _settings(tmp_path / "a", tools_url, teacher=teacher, datagen={"concurrency": 4})
+    result_a = run_datagen(settings_a, seed, "llm", n_rows, tmp_path / "a" / "out")
+    total = len(calls)
+    assert total > 20
+    calls.clear()
+    # B: a real process, killed halfway, then restarted
+    env = {**os.environ, "DMMS_PROFILE": "tiny", "DMMS_TOOLS__URL": tools_url, "DMMS_TOOLS__TOKEN": TOKEN,
+           "DMMS_STORAGE__ROOT": str(tmp_path / "b" / "store"),
+           "DMMS_TRACKING__URI": f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}",
+           "DMMS_TEACHER__BASE_URL": openai_server.base_url, "DMMS_TEACHER__MODEL": "teacher",
+           "DMMS_TEACHER__MAX_RETRIES": "0", "DMMS_DATAGEN__CONCURRENCY": "4"}
+    (tmp_path / "b").mkdir()
+    cmd = [sys.executable, "-m", "components.cli", "datagen", "--seed-vqa", str(seed), "--teacher", "llm",
+           "--n", str(n_rows), "--out", str(tmp_path / "b" / "out")]
+    env["DMMS_DATAGEN__CONCURRENCY"] = "1"
+    with lock:
+        kill["after"] = total // 2
+        kill["proc"] = proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).parents[2],
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    first = len(calls)
+    journal = tmp_path / "b" / "out.journal"
+    assert (journal / "teacher.jsonl").is_file() and not (tmp_path / "b" / "out").exists()
+    kill["after"] = None
+    done = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result_b = json.loads(done.stdout[done.stdout.index("{"):])
+    assert result_b["version"] == result_a.version and result_b["rows"] == n_rows
+    assert first == total // 2 < len(calls)                     # the restart did ask for what was missing
+    trigger = calls[first - 1]
+    repeated = [c for c in set(calls) if calls.count(c) > 1]
+    assert repeated == [trigger], "a teacher request whose answer had arrived was made again"
+    assert calls.count("probe") == 1                            # the resumed run skipped the probe
+    assert len(calls) == total + 1                              # an uninterrupted run's calls + the lost one
+    assert not journal.exists()                                 # removed once published
