@@ -162,4 +162,5 @@ def make_reward_funcs(settings: Settings, cache_dir: str | Path | None = None) -
     def format(prompts, completions, **kwargs):  # noqa: A001 - TRL logs the function's name
         return format_reward(prompts, completions, **kwargs)
 
+    correctness.judge = judge  # so the step can record how it was judged (judging.judge_tags)
     return [correctness, format]

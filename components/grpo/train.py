@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from components.agent.judging import judge_tags
 from components.agent.models import freeze_vision, load_model_and_processor
 from components.common.checkpoints import (
     MlflowMetricsCallback,
@@ -97,6 +98,7 @@ def run_grpo(settings: Settings, data_uri: str, model: str, out_uri: str, work_d
             trainer = build_trainer(settings, dataset, model, output_dir, work,
                                     callbacks=[metrics, PublishCheckpointCallback(store, out_uri)],
                                     generator_factory=generator_factory, **config_overrides)
+            run.set_tags(judge_tags(trainer.reward_funcs[0].judge))
             output = trainer.train(resume_from_checkpoint=resume_path)
             step = trainer.state.global_step
             if not trainer.accelerator.is_main_process:

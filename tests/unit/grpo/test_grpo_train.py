@@ -249,3 +249,57 @@ def test_kill_and_resume(toolserver, world, tmp_path):
     assert versions[-1] == "final" and "step-3" in versions
     for ref in list_versions(store, str(out)):
         verify_version(store, ref.uri)
+
+
+def test_grpo_runs_to_the_end_while_the_judge_fails_30_percent(toolserver, world, tmp_path, openai_server):
+    """The paper's LLM judge as GRPO's reward, served by a loopback stand-in (a judge model cannot
+    run here) that fails 30% of requests (HTTP 500, seeded). Every step runs; a verdict that failed
+    twice scores 0 and is counted: the MLflow metric ``judge_errors`` adds up to exactly the
+    fail-fail pairs the stand-in served (judge concurrency 1, so attempts arrive in order)."""
+    import random
+    import threading
+
+    from mlflow import MlflowClient
+
+    from tests.fixtures.openai_server import Reply
+
+    model, vqa, years = world
+    rng, lock, outcomes = random.Random(7), threading.Lock(), []
+
+    def grade(body: dict) -> str:
+        prompt = body["messages"][0]["content"]
+        gold = re.search(r"^Gold answers: (.*)$", prompt, re.M).group(1)
+        pred = re.search(r"^Prediction: (.*)$", prompt, re.M).group(1)
+        return "CORRECT" if pred.strip() == gold.strip() else "INCORRECT"
+
+    class Flaky(list):  # the stand-in pops a scripted reply per request: decide there, 30% failures
+        def __bool__(self):
+            return True
+
+        def popleft(self):
+            with lock:
+                ok = rng.random() >= 0.3
+                outcomes.append(ok)
+            return None if ok else Reply(status=500)
+
+    openai_server.replies = Flaky()
+    openai_server.responder = grade
+    settings = _settings(toolserver, world, tmp_path, judge="llm", max_steps=4)
+    settings = settings.model_copy(update={"judge": settings.judge.model_copy(update={
+        "base_url": openai_server.base_url, "model": "judge", "max_retries": 0, "concurrency": 1})})
+    result = run_grpo(settings, str(vqa), str(model), str(tmp_path / "store" / "ckpt" / "gj"),
+                      work_dir=tmp_path / "work", generator_factory=_scripted(years))
+    assert result.global_step == 4
+    failed_pairs, i = 0, 0
+    while i < len(outcomes):  # each verdict: ok | fail, ok | fail, fail (then scored 0)
+        if outcomes[i]:
+            i += 1
+        else:
+            failed_pairs += 0 if (i + 1 < len(outcomes) and outcomes[i + 1]) else 1
+            i += 2
+    assert 0.2 < outcomes.count(False) / len(outcomes) < 0.45
+    history = MlflowClient(tracking_uri=settings.tracking.uri).get_metric_history(result.run_id, "judge_errors")
+    assert len(history) == 4
+    assert failed_pairs > 0 and sum(m.value for m in history) == failed_pairs
+    run = MlflowClient(tracking_uri=settings.tracking.uri).get_run(result.run_id)
+    assert run.data.tags["dmms.judge"] == "llm:judge" and run.data.tags["dmms.judge.prompt_version"] == "v2"
