@@ -44,6 +44,7 @@ def _register() -> None:
     from components.agent import cli as agent_cli
 
     agent_cli.register(app)
+    from components.agent import judge_cli; judge_cli.register(app)  # noqa: E702, I001
     from components.search import cli as search_cli; search_cli.register(app)  # noqa: E702, I001
     from components.sft import cli as sft_cli; sft_cli.register(app)  # noqa: E702, I001
     from components.world import cli as world_cli; world_cli.register(app)  # noqa: E702, I001
