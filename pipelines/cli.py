@@ -65,11 +65,15 @@ def register(app: typer.Typer) -> None:
             result = run_local(load_settings(), pipeline, _params(pipeline, param))
         except LocalRunError as exc:
             _fail(exc)
+        from pipelines.results import format_table
+
         if result.table_md:
             typer.echo(result.table_md, nl=False)
+        if result.results.get("rows"):
+            typer.echo("\n" + format_table(result.results), nl=False)
         typer.echo(f"pipeline: {result.pipeline}\nMLflow: {result.tracking_uri} (eval run {result.eval_run_id}; "
                    f"report at artifact evaluation/report.html)\npromotion: {result.decision or 'none'}\n"
-                   f"KFP outputs: {result.pipeline_root}")
+                   f"results: {result.results_path}\nKFP outputs: {result.pipeline_root}")
 
     @app.command("compile")
     def compile_cmd(out: Path = typer.Option(Path("build/pipelines"), help="Folder for the YAML files.")) -> None:

@@ -26,6 +26,7 @@ import httpx
 
 from components.common.settings import Settings
 from pipelines.catalog import build
+from pipelines.results import collect_results, write_results
 
 log = logging.getLogger(__name__)
 DATA_OUTPUTS = ("world_uri", "train_uri", "test_uri", "index_uri")
@@ -44,6 +45,8 @@ class LocalResult:
     decision: dict[str, Any] = field(default_factory=dict)
     tracking_uri: str = ""
     pipeline_root: str = ""
+    results: dict[str, Any] = field(default_factory=dict)  # pipelines/results.py: before/after rows
+    results_path: str = ""
 
 
 def _free_port() -> int:
@@ -99,12 +102,19 @@ def run_local(settings: Settings, name: str = "smoke", overrides: dict[str, Any]
         raise LocalRunError(f"unknown parameter(s) {unknown} of pipeline {name}: use {sorted(p.params)}")
     root = Path(settings.pipelines.local_root).resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    started_ms, t0 = int(time.time() * 1000), time.perf_counter()
     data_task = p.data(**p.data_args(overrides))
     data = {k: str(data_task.outputs[k]) for k in DATA_OUTPUTS}
+    wall = {"data": round(time.perf_counter() - t0, 1)}
     with serve_tools(settings, data["index_uri"]) as url:
+        t1 = time.perf_counter()
         p.main(**p.main_args(data, overrides, url))
+        wall["main"] = round(time.perf_counter() - t1, 1)
     result = LocalResult(name, data, tracking_uri=settings.tracking.uri, pipeline_root=str(root))
     _collect(settings, result)
+    wall["total"] = round(time.perf_counter() - t0, 1)
+    result.results = collect_results(settings, started_ms, wall)
+    result.results_path = str(write_results(result.results, Path(settings.pipelines.results_path)))
     return result
 
 
@@ -117,7 +127,7 @@ def _collect(settings: Settings, result: LocalResult) -> None:
     if exp is None:
         return
     runs = mlc.search_runs([exp.experiment_id], "tags.`dmms.step` = 'evaluate'", max_results=1,
-                           order_by=["attributes.start_time DESC"])
+                           order_by=["attributes.start_time DESC"])  # the last: RL's (or the one evaluated)
     if not runs:
         return
     run = runs[0]

@@ -7,7 +7,8 @@ stages as one DAG. The KFP local runner (``dmms run``) runs the data stage, star
 free loopback port over its index, then runs the main stage with ``tools_url`` pointing there.
 
 Main stages (each inside an ``ExitHandler`` whose cleanup task deletes the run's temporary objects):
-- ``train``: datagen → sft → grpo → evaluate → promote;
+- ``train``: datagen → sft → grpo → evaluate base, SFT and RL on the same benchmarks → promote RL
+  (gated, and not significantly worse than SFT);
 - ``retrain``: champion → datagen (fresh data) → grpo from the champion → evaluate → promote;
 - ``eval``: evaluate one model.
 """
@@ -61,16 +62,25 @@ def data_stage(b: Build, name: str):
     return data
 
 
-def _evaluate_promote(b: Build, checkpoint, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit,
-                      gate_mode) -> None:
-    ev = b.place(b.ops.evaluate(model_uri=checkpoint.outputs["checkpoint_uri"], world_test_uri=world_test_uri,
+def _evaluate(b: Build, model_uri, label: str, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit):
+    ev = b.place(b.ops.evaluate(model_uri=model_uri, world_test_uri=world_test_uri,
                                 extra_benchmarks=extra_benchmarks, modes=modes, tools_url=tools_url,
-                                limit=eval_limit, run_id=RUN_ID), GPU)
-    ev.set_display_name("evaluate")
+                                limit=eval_limit, run_id=RUN_ID, label=label), GPU)
+    ev.set_display_name(f"evaluate-{label}")
+    return ev
+
+
+def _evaluate_promote(b: Build, checkpoint, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit,
+                      gate_mode, reference=None) -> None:
+    """Evaluate the RL checkpoint and gate it; ``reference`` (the SFT evaluation) is what it must not
+    be significantly worse than."""
+    ev = _evaluate(b, checkpoint.outputs["checkpoint_uri"], "rl", world_test_uri, extra_benchmarks, modes,
+                   tools_url, eval_limit)
     promo = b.place(b.ops.promote(eval_run_id=ev.outputs["eval_run_id"],
                                   checkpoint_uri=checkpoint.outputs["checkpoint_uri"],
                                   manifest_sha256=checkpoint.outputs["manifest_sha256"], gate_mode=gate_mode,
-                                  run_id=RUN_ID), CPU)
+                                  run_id=RUN_ID,
+                                  reference_eval_run_id=reference.outputs["eval_run_id"] if reference else ""), CPU)
     promo.set_display_name("promote")
 
 
@@ -90,7 +100,12 @@ def train_stage(b: Build, name: str):
             grpo = b.place(b.ops.grpo(data_uri=data.outputs["Output"], model_uri=sft.outputs["checkpoint_uri"],
                                       tools_url=tools_url, run_id=RUN_ID), GRPO)
             grpo.set_display_name("grpo")
-            _evaluate_promote(b, grpo, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit, gate_mode)
+            # before and after, on the same benchmark version: the base model, SFT, then RL (gated)
+            _evaluate(b, base_model, "base", world_test_uri, extra_benchmarks, modes, tools_url, eval_limit)
+            ev_sft = _evaluate(b, sft.outputs["checkpoint_uri"], "sft", world_test_uri, extra_benchmarks, modes,
+                               tools_url, eval_limit)
+            _evaluate_promote(b, grpo, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit, gate_mode,
+                              reference=ev_sft)
 
     return train
 

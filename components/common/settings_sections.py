@@ -364,6 +364,8 @@ class PipelinesSettings(_Section):
     pipeline_root: str = Field("s3://deepmmsearch/kfp",
                                description="KFP pipeline_root on the cluster (artifacts of each run).")
     local_root: str = Field(".dmms/kfp", description="pipeline_root of the KFP local runner (`dmms run`).")
+    results_path: str = Field(".dmms/results.json",
+                              description="Where `dmms run` writes its before/after results table as JSON.")
     connect_timeout_s: float = Field(5.0, gt=0, description="Timeout of the reachability check of kfp_host.")
     gpu_node_selector: dict[str, str] = Field(
         default_factory=lambda: {"cloud.google.com/gke-nodepool": "gpu"},

@@ -148,31 +148,41 @@ def accuracy_table(cells: dict[tuple[str, str], Cell], benchmarks: list[str],
     return rows
 
 
-SPLITS = ("search_required", "search_free")
+SPLITS = ("all", "search_required", "search_free")
+SPLIT_FIELDS = ("accuracy", "ci95_lo", "ci95_hi", "n", "searches_per_question", "search_decision",
+                "format_error_rate")
+
+
+def _split_of(s: EvalSample, split: str) -> bool:
+    return split == "all" or (s.requires_search is not None and s.requires_search == (split == "search_required"))
+
+
+def _decided_right(s: EvalSample) -> bool:
+    """Searched exactly when the item needs it (items without a label: counted as right)."""
+    return s.requires_search is None or (s.searches > 0) == s.requires_search
 
 
 def split_metrics(samples: Iterable[EvalSample]) -> dict[str, float]:
-    """Per mode, over every item labelled ``requires_search``: accuracy with n and 95% interval for
-    search-required and search-free items, searches per question, and the search decision (share of
-    labelled items where the model searched exactly when the item needs it).
+    """Per mode and split (all items, search-required, search-free; over every benchmark): accuracy
+    (%) with n and its 95% bootstrap interval, searches per question, the search decision (share of
+    items where the model searched exactly when the item needs it: for search-required items, that
+    it searched; for search-free ones, that it did not) and the format-error rate (share in [0, 1]).
 
-    Keys: ``accuracy|ci95_lo|ci95_hi|n|searches_per_question.<split>.<mode>`` and
-    ``search_decision.all.<mode>``; nothing for a mode without labelled items.
+    Keys: ``split/<field>/<split>/<mode>``; no key for a split without items.
     """
     by_mode: dict[str, list[EvalSample]] = defaultdict(list)
     for s in samples:
-        if s.requires_search is not None:
-            by_mode[s.mode].append(s)
+        by_mode[s.mode].append(s)
     out: dict[str, float] = {}
     for mode, group in by_mode.items():
         for split in SPLITS:
-            part = [s for s in group if s.requires_search == (split == "search_required")]
+            part = [s for s in group if _split_of(s, split)]
             if not part:
                 continue
             lo, hi = bootstrap_ci([float(s.correct) for s in part])
-            out[f"accuracy.{split}.{mode}"] = 100.0 * _mean([float(s.correct) for s in part])
-            out[f"ci95_lo.{split}.{mode}"], out[f"ci95_hi.{split}.{mode}"] = lo, hi
-            out[f"n.{split}.{mode}"] = float(len(part))
-            out[f"searches_per_question.{split}.{mode}"] = _mean([float(s.searches) for s in part])
-        out[f"search_decision.all.{mode}"] = _mean([float((s.searches > 0) == s.requires_search) for s in group])
+            values = {"accuracy": 100.0 * _mean([float(s.correct) for s in part]), "ci95_lo": lo, "ci95_hi": hi,
+                      "n": float(len(part)), "searches_per_question": _mean([float(s.searches) for s in part]),
+                      "search_decision": _mean([float(_decided_right(s)) for s in part]),
+                      "format_error_rate": _mean([float(s.format_errors > 0) for s in part])}
+            out.update({f"split/{k}/{split}/{mode}": v for k, v in values.items()})
     return out

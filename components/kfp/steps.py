@@ -151,13 +151,16 @@ def grpo_op(data_uri: str, model_uri: str, tools_url: str, run_id: str, metrics:
 
 def evaluate_op(model_uri: str, world_test_uri: str, extra_benchmarks: str, modes: str, tools_url: str,
                 limit: int, run_id: str, metrics: Output[Metrics], report: Output[HTML],
-                table: Output[Markdown]) -> NamedTuple("EvalOutputs", [("eval_run_id", str), ("table_md", str)]):
-    """Evaluate ``model_uri`` on the world's test split and ``extra_benchmarks`` (NAME=URI,...)."""
+                table: Output[Markdown], label: str = "") -> NamedTuple("EvalOutputs", [("eval_run_id", str),
+                                                                                     ("table_md", str)]):
+    """Evaluate ``model_uri`` (empty: the profile's base model) on the world's test split and
+    ``extra_benchmarks`` (NAME=URI,...); ``label`` (base, sft, rl) is tagged ``dmms.checkpoint``."""
     import shutil
     import tempfile
     from collections import namedtuple
     from pathlib import Path
 
+    from components.agent.models import ensure_model
     from components.common.logging import setup_logging
     from components.common.tracking import client
     from components.evaluate.generate import ModelSpec
@@ -171,7 +174,7 @@ def evaluate_op(model_uri: str, world_test_uri: str, extra_benchmarks: str, mode
     specs = ([f"world={world_test_uri}"] if world_test_uri else []) + \
         [s.strip() for s in extra_benchmarks.split(",") if s.strip()]
     with tempfile.TemporaryDirectory(prefix="dmms-eval-") as tmp:
-        model = local_model(settings, model_uri, Path(tmp, "model"))
+        model = local_model(settings, model_uri, Path(tmp, "model")) if model_uri else ensure_model(settings)
         benches = local_benchmarks(settings, specs, Path(tmp, "bench"))
         result = evaluate(settings, ModelSpec(name=model), benches,
                           [m.strip() for m in modes.split(",") if m.strip()], tools_url or None, Path(tmp, "out"))
@@ -181,13 +184,17 @@ def evaluate_op(model_uri: str, world_test_uri: str, extra_benchmarks: str, mode
     for key, value in result.metrics.items():
         metrics.log_metric(key, value)
     if result.run_id:  # the model was evaluated from a temporary copy: record where it really lives
-        client(settings).set_tag(result.run_id, "dmms.model_uri", model_uri)
+        client(settings).set_tag(result.run_id, "dmms.model_uri", model_uri or str(model))
+        client(settings).set_tag(result.run_id, "dmms.checkpoint", label or "model")
     return namedtuple("EvalOutputs", ["eval_run_id", "table_md"])(result.run_id or "", table_md)
 
 
 def promote_op(eval_run_id: str, checkpoint_uri: str, manifest_sha256: str, gate_mode: str,
-               run_id: str) -> NamedTuple("PromoteOutputs", [("promoted", bool), ("version", str), ("reasons", str)]):
-    """Register the evaluated checkpoint as challenger; crown it champion if it passes the gates."""
+               run_id: str, reference_eval_run_id: str = "") -> NamedTuple(
+                   "PromoteOutputs", [("promoted", bool), ("version", str), ("reasons", str)]):
+    """Register the evaluated checkpoint as challenger; crown it champion if it passes the gates
+    (and, given ``reference_eval_run_id``, is not significantly worse than the checkpoint it was
+    trained from)."""
     import json
     from collections import namedtuple
 
@@ -199,7 +206,7 @@ def promote_op(eval_run_id: str, checkpoint_uri: str, manifest_sha256: str, gate
     settings = bind_run(run_id)
     if gate_mode:
         settings.promote.mode = gate_mode
-    decision = promote(settings, eval_run_id, checkpoint_uri, manifest_sha256 or None)
+    decision = promote(settings, eval_run_id, checkpoint_uri, manifest_sha256 or None, reference_eval_run_id or None)
     out = namedtuple("PromoteOutputs", ["promoted", "version", "reasons"])
     return out(decision.promoted, decision.version or "", json.dumps(decision.reasons))
 

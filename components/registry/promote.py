@@ -110,11 +110,11 @@ def read_eval(settings: Settings, run_id: str, mode: str) -> EvalSummary:
         raise TrackingError(f"run {run_id} is not an evaluation run (dmms.step={tags.get('dmms.step')!r})")
     acc = {k.split(".")[1]: v for k, v in m.items()
            if k.startswith("accuracy.") and k.endswith(f".{mode}") and k.count(".") == 2
-           and k.split(".")[1] not in ("avg", "search_required", "search_free")}
+           and k.split(".")[1] != "avg"}
     return EvalSummary(run_id=run_id, benchmarks_version=tags.get(BENCH_VERSION_TAG), accuracy=acc,
                        average=m.get(f"accuracy.avg.{mode}"),
                        format_error_rate=m.get(f"format_error_rate.all.{mode}"),
-                       search_required_accuracy=m.get(f"accuracy.search_required.{mode}"),
+                       search_required_accuracy=m.get(f"split/accuracy/search_required/{mode}"),
                        outcomes=_outcomes(settings, run_id, mode))
 
 
@@ -174,14 +174,39 @@ def _regression_gate(c: EvalSummary, champ: EvalSummary, gates: PromoteSettings)
     return refused, undecided, passed
 
 
-def check_gates(challenger: EvalSummary, champion: EvalSummary | None, gates: PromoteSettings) -> Decision:
-    """Pure: does ``challenger`` pass the gates against ``champion`` (None: no champion yet)?"""
+def _reference_gate(c: EvalSummary, ref: EvalSummary, gates: PromoteSettings) -> tuple[list[str], list[str]]:
+    """(refusals, passes) against the checkpoint this one was trained from (GRPO's SFT start):
+    refused only when significantly worse on some benchmark of the same benchmark version."""
+    if c.benchmarks_version != ref.benchmarks_version:
+        return [f"reference run {ref.run_id} was evaluated on benchmark version {ref.benchmarks_version}, the "
+                f"challenger on {c.benchmarks_version}: evaluate both on the same benchmarks"], []
+    if c.outcomes is None or ref.outcomes is None:
+        which = c.run_id if c.outcomes is None else ref.run_id
+        return [f"run {which} has no per-item samples ({SAMPLES_ARTIFACT}): the paired comparison with the "
+                f"reference cannot be made"], []
+    refused, passed = [], []
+    for bench in sorted(c.accuracy):
+        d = paired_diff(c.outcomes.get(bench, {}), ref.outcomes.get(bench, {}), level=gates.confidence)
+        what = (f"{bench}: challenger - reference {ref.run_id[:8]} = {d.diff:+.2f} points, {gates.confidence:.0%} "
+                f"interval [{d.lo:+.2f}, {d.hi:+.2f}] over n={d.n}")
+        (refused if d.n and d.hi < 0 else passed).append(
+            f"{what}: {'significantly worse' if d.n and d.hi < 0 else 'not significantly worse'}")
+    return refused, passed
+
+
+def check_gates(challenger: EvalSummary, champion: EvalSummary | None, gates: PromoteSettings,
+                reference: EvalSummary | None = None) -> Decision:
+    """Pure: does ``challenger`` pass the gates against ``champion`` (None: no champion yet) and,
+    when given, the ``reference`` it was trained from (not significantly worse)?"""
     if challenger.average is None:
         return Decision(status="refused", reasons=[
             f"evaluation run {challenger.run_id} has no '{gates.mode}' metrics: evaluate with --modes "
             f"{gates.mode}, or set DMMS_PROMOTE__MODE to a mode it ran"])
     refused, passed = _absolute_gates(challenger, gates)
     undecided: list[str] = []
+    if reference is not None:
+        r, p = _reference_gate(challenger, reference, gates)
+        refused, passed = refused + r, passed + p
     if champion is None:
         passed.append("no champion yet")
     elif not challenger.benchmarks_version or challenger.benchmarks_version != champion.benchmarks_version:
@@ -207,20 +232,24 @@ def _champion_eval(settings: Settings, mode: str) -> tuple[str | None, EvalSumma
 
 
 def promote(settings: Settings, eval_run_id: str, checkpoint_uri: str,
-            manifest_sha256: str | None = None) -> Decision:
-    """Register the checkpoint with its eval run, alias it challenger, gate it, maybe crown it."""
+            manifest_sha256: str | None = None, reference_eval_run_id: str | None = None) -> Decision:
+    """Register the checkpoint with its eval run, alias it challenger, gate it, maybe crown it.
+    ``reference_eval_run_id``: the evaluation of the checkpoint it was trained from (RL's SFT start),
+    which it must not be significantly worse than."""
     gates = settings.promote
     challenger = read_eval(settings, eval_run_id, gates.mode)
+    reference = read_eval(settings, reference_eval_run_id, gates.mode) if reference_eval_run_id else None
     champion_version, champion = _champion_eval(settings, gates.mode)
     version = register_checkpoint(settings, eval_run_id, checkpoint_uri, manifest_sha256, tags={
         EVAL_RUN_TAG: eval_run_id, BENCH_VERSION_TAG: challenger.benchmarks_version or ""})
     set_alias(settings, CHALLENGER, version)
-    decision = check_gates(challenger, champion, gates)
+    decision = check_gates(challenger, champion, gates, reference)
     decision = decision.model_copy(update={"version": version, "champion_before": champion_version})
     set_version_tags(settings, version, {
         "dmms.promotion.decision": decision.status,
         "dmms.promotion.reasons": json.dumps(decision.reasons),
         "dmms.promotion.compared_to": champion_version or "none",
+        "dmms.promotion.reference_eval_run": reference_eval_run_id or "none",
         "dmms.promotion.gates": gates.model_dump_json()})
     if decision.promoted:
         set_alias(settings, CHAMPION, version)

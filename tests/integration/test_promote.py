@@ -62,7 +62,8 @@ def test_promote_refuse_undecided_and_rollback(benches, mlflow_server, openai_se
     folders, rows = benches
     settings = load_settings(
         tracking={"uri": mlflow_server, "experiment": "promote-tests", "model_name": f"p-{uuid.uuid4().hex[:8]}"},
-        promote={"mode": "direct", "min_accuracy": 25.0, "max_regression": 10.0, "max_format_error_rate": 5.0},
+        promote={"mode": "direct", "min_accuracy": 25.0, "max_regression": 10.0, "max_format_error_rate": 5.0,
+                 "min_search_required_accuracy": 0.0},
         evaluate={"out_dir": str(tmp_path / "eval")})
     # 1. first model, 50%: no champion yet, passes the minimum -> champion
     run_a = _eval(settings, openai_server, folders["v1"], rows, 20)
@@ -134,6 +135,7 @@ def test_cli_promote_and_rollback(benches, mlflow_server, openai_server, tmp_pat
     monkeypatch.setenv("DMMS_TRACKING__URI", mlflow_server)
     monkeypatch.setenv("DMMS_TRACKING__MODEL_NAME", name)
     monkeypatch.setenv("DMMS_PROMOTE__MODE", "direct")
+    monkeypatch.setenv("DMMS_PROMOTE__MIN_SEARCH_REQUIRED_ACCURACY", "0")
     settings = load_settings(evaluate={"out_dir": str(tmp_path / "eval")})
     run_id = _eval(settings, openai_server, folders["v1"], rows, 4)
     _register()

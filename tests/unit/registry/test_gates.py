@@ -86,3 +86,14 @@ def test_missing_mode_says_how_to_fix():
     d = check_gates(EvalSummary(run_id="r9", benchmarks_version="v", accuracy={}, average=None,
                                 format_error_rate=None), None, GATES)
     assert not d.promoted and "--modes agent" in d.reasons[0] and "DMMS_PROMOTE__MODE" in d.reasons[0]
+
+
+def test_reference_gate_refuses_only_a_significant_drop_from_where_training_started():
+    sft = _e({"world": _items(200, 150)}, run_id="sft-run-1")
+    worse = check_gates(_e({"world": _items(200, 110)}), None, GATES, reference=sft)
+    assert worse.status == "refused" and len(worse.reasons) == 1
+    assert "reference sft-run-" in worse.reasons[0] and "significantly worse" in worse.reasons[0]
+    slightly = check_gates(_e({"world": _items(200, 148)}), None, GATES, reference=sft)
+    assert slightly.promoted and any("not significantly worse" in r for r in slightly.reasons)
+    other = check_gates(_e({"world": _items(200, 148)}, version="v2"), None, GATES, reference=sft)
+    assert other.status == "refused" and "benchmark version" in other.reasons[0]
