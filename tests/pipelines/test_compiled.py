@@ -3,6 +3,7 @@ tolerations, /dev/shm, Secrets, retries, caching) and the intended DAG.
 
 No Kubernetes or KFP server runs here: these tests read the YAML KFP would receive."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,17 @@ def test_every_pipeline_compiles(compiled):
         assert spec["pipelineInfo"]["name"] == f"dmms-{name}"
 
 
+def _base(name: str) -> str:
+    """A task's component: evaluate-op-2 and evaluate-op-3 are evaluate-op used again."""
+    return re.sub(r"-\d+$", "", name)
+
+
 @pytest.mark.parametrize("name", ["full", "retrain", "eval"])
 def test_gpu_steps_request_gpus_on_the_gpu_pool(compiled, name):
     spec, plat = compiled[name]
     s = load_settings().pipelines
     execs, k8s = _executors(spec, plat)
-    gpu_execs = [e for e in execs if e.removeprefix("exec-") in GPU_STEPS]
+    gpu_execs = [e for e in execs if _base(e.removeprefix("exec-")) in GPU_STEPS]
     assert gpu_execs
     for e in gpu_execs:
         res = execs[e]["container"]["resources"]
@@ -94,10 +100,10 @@ def test_retries_and_caching(compiled, name):
     for tname in ("world-op", "index-op"):  # deterministic: cached, not retried
         assert tasks[tname]["cachingOptions"] == {"enableCache": True}
     for tname, task in tasks.items():
-        if tname in ("world-op", "index-op") or not tname.endswith("-op"):
+        if tname in ("world-op", "index-op") or not _base(tname).endswith("-op"):
             continue
         assert task["cachingOptions"].get("enableCache") is not True, tname
-        if tname in GPU_STEPS | {"datagen-op"}:
+        if _base(tname) in GPU_STEPS | {"datagen-op"}:
             assert task["retryPolicy"]["maxRetryCount"] == load_settings().pipelines.retries
         else:
             assert "retryPolicy" not in task
@@ -115,9 +121,19 @@ def test_full_dag_is_the_intended_one(compiled):
     train = comps["comp-dmms-full-train"]["dag"]["tasks"]
     assert train["cleanup-op"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert train["cleanup-op"]["dependentTasks"] == ["exit-handler-1"]
-    assert _deps(comps["comp-exit-handler-1"]["dag"]["tasks"]) == {
+    inner = comps["comp-exit-handler-1"]["dag"]["tasks"]
+    assert _deps(inner) == {
         "datagen-op": set(), "sft-op": {"datagen-op"}, "grpo-op": {"datagen-op", "sft-op"},
-        "evaluate-op": {"grpo-op"}, "promote-op": {"evaluate-op", "grpo-op"}}
+        "evaluate-op": set(), "evaluate-op-2": {"sft-op"}, "evaluate-op-3": {"grpo-op"},
+        "promote-op": {"evaluate-op-2", "evaluate-op-3", "grpo-op"}}
+    # before and after on the same benchmarks: base, SFT and RL; RL is gated against SFT's evaluation
+    labels = {n: inner[n]["inputs"]["parameters"]["label"]["runtimeValue"]["constant"]
+              for n in ("evaluate-op", "evaluate-op-2", "evaluate-op-3")}
+    assert labels == {"evaluate-op": "base", "evaluate-op-2": "sft", "evaluate-op-3": "rl"}
+    ref = inner["promote-op"]["inputs"]["parameters"]["reference_eval_run_id"]["taskOutputParameter"]
+    assert ref["producerTask"] == "evaluate-op-2"
+    assert inner["promote-op"]["inputs"]["parameters"]["eval_run_id"]["taskOutputParameter"]["producerTask"] == \
+        "evaluate-op-3"
     root = _deps(spec["root"]["dag"]["tasks"])
     assert root == {"dmms-full-data": set(), "dmms-full-train": {"dmms-full-data"}}
     # every step gets the KFP run id (MLflow tag dmms.kfp_run_id); deterministic steps do not
