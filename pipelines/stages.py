@@ -62,20 +62,23 @@ def data_stage(b: Build, name: str):
     return data
 
 
-def _evaluate(b: Build, model_uri, label: str, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit):
+def _evaluate(b: Build, model_uri, label: str, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit,
+              sft=None, grpo=None):
+    runs = {"sft_run_id": sft.outputs["mlflow_run_id"] if sft else "",
+            "grpo_run_id": grpo.outputs["mlflow_run_id"] if grpo else ""}
     ev = b.place(b.ops.evaluate(model_uri=model_uri, world_test_uri=world_test_uri,
                                 extra_benchmarks=extra_benchmarks, modes=modes, tools_url=tools_url,
-                                limit=eval_limit, run_id=RUN_ID, label=label), GPU)
+                                limit=eval_limit, run_id=RUN_ID, label=label, **runs), GPU)
     ev.set_display_name(f"evaluate-{label}")
     return ev
 
 
 def _evaluate_promote(b: Build, checkpoint, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit,
-                      gate_mode, reference=None) -> None:
+                      gate_mode, reference=None, sft=None) -> None:
     """Evaluate the RL checkpoint and gate it; ``reference`` (the SFT evaluation) is what it must not
-    be significantly worse than."""
+    be significantly worse than; ``sft`` (the SFT task) adds its loss curve to the report."""
     ev = _evaluate(b, checkpoint.outputs["checkpoint_uri"], "rl", world_test_uri, extra_benchmarks, modes,
-                   tools_url, eval_limit)
+                   tools_url, eval_limit, sft=sft, grpo=checkpoint)
     promo = b.place(b.ops.promote(eval_run_id=ev.outputs["eval_run_id"],
                                   checkpoint_uri=checkpoint.outputs["checkpoint_uri"],
                                   manifest_sha256=checkpoint.outputs["manifest_sha256"], gate_mode=gate_mode,
@@ -103,9 +106,9 @@ def train_stage(b: Build, name: str):
             # before and after, on the same benchmark version: the base model, SFT, then RL (gated)
             _evaluate(b, base_model, "base", world_test_uri, extra_benchmarks, modes, tools_url, eval_limit)
             ev_sft = _evaluate(b, sft.outputs["checkpoint_uri"], "sft", world_test_uri, extra_benchmarks, modes,
-                               tools_url, eval_limit)
+                               tools_url, eval_limit, sft=sft)
             _evaluate_promote(b, grpo, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit, gate_mode,
-                              reference=ev_sft)
+                              reference=ev_sft, sft=sft)
 
     return train
 

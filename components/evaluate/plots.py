@@ -63,7 +63,43 @@ def tool_mix(cells: dict[tuple[str, str], Cell], path: Path) -> Path:
     return path
 
 
-def write_plots(cells: dict[tuple[str, str], Cell], out_dir: Path) -> dict[str, Path]:
+# (run label, MLflow metric, y label) of the training curves shown for a trained checkpoint
+CURVES = (("sft", "loss", "SFT loss"), ("grpo", "reward", "GRPO reward (mean of the group)"))
+
+
+def training_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> Path | None:
+    """SFT loss and GRPO reward per step (with ± reward_std) from the training runs' MLflow
+    histories ``{"sft": {"loss": [(step, value)]}, "grpo": {"reward": [...], "reward_std": [...]}}``;
+    None when there is nothing to draw."""
+    panels = [(label, metric, ylabel) for label, metric, ylabel in CURVES if histories.get(label, {}).get(metric)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), dpi=100, squeeze=False)
+    for ax, (label, metric, ylabel) in zip(axes[0], panels, strict=True):
+        points = sorted(histories[label][metric])
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(xs, ys, color="#1f77b4", lw=1.2)
+        std = dict(histories[label].get(f"{metric}_std", []))
+        if std and all(x in std for x in xs):
+            ax.fill_between(xs, [y - std[x] for x, y in zip(xs, ys, strict=True)],
+                            [y + std[x] for x, y in zip(xs, ys, strict=True)], color="#1f77b4", alpha=0.15,
+                            label="± std within the step's groups")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_plots(cells: dict[tuple[str, str], Cell], out_dir: Path,
+                histories: dict[str, dict[str, list[tuple[int, float]]]] | None = None) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {"accuracy_vs_searches": accuracy_vs_searches(cells, out_dir / "accuracy_vs_searches.png"),
-            "tool_mix": tool_mix(cells, out_dir / "tool_mix.png")}
+    plots = {"accuracy_vs_searches": accuracy_vs_searches(cells, out_dir / "accuracy_vs_searches.png"),
+             "tool_mix": tool_mix(cells, out_dir / "tool_mix.png")}
+    curves = training_curves(histories or {}, out_dir / "training_curves.png")
+    if curves is not None:
+        plots["training_curves"] = curves
+    return plots

@@ -127,8 +127,21 @@ async def _collect(settings: Settings, spec: ModelSpec, benches: list[Benchmark]
             await judge.aclose()
 
 
+def training_histories(settings: Settings, training_runs: dict[str, str]) -> dict[str, dict[str, list]]:
+    """Per training run label (sft, grpo): its MLflow histories of the metrics the report draws."""
+    from components.common.tracking import client
+
+    mlc, out = client(settings), {}
+    for label, run_id in training_runs.items():
+        if run_id:
+            out[label] = {m: [(h.step, h.value) for h in mlc.get_metric_history(run_id, m)]
+                          for m in ("loss", "reward", "reward_std")}
+    return out
+
+
 def write_outputs(samples: list[EvalSample], benches: list[Benchmark], modes: list[str],
-                  meta: dict, out_dir: Path) -> tuple[dict[tuple[str, str], M.Cell], dict[str, Path]]:
+                  meta: dict, out_dir: Path,
+                  histories: dict | None = None) -> tuple[dict[tuple[str, str], M.Cell], dict[str, Path]]:
     """samples.jsonl, table.md/csv, plots and report.html in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = M.summarise(samples)
@@ -136,15 +149,18 @@ def write_outputs(samples: list[EvalSample], benches: list[Benchmark], modes: li
     files = {"samples": out_dir / "samples.jsonl"}
     files["samples"].write_text("".join(s.model_dump_json() + "\n" for s in samples), encoding="utf-8")
     files["table_md"], files["table_csv"] = write_table(cells, names, modes, out_dir)
-    plots = write_plots(cells, out_dir / "plots")
+    plots = write_plots(cells, out_dir / "plots", histories)
     files.update(plots)
     files["report"] = write_html(samples, cells, plots, meta, names, modes, out_dir / "report.html")
     return cells, files
 
 
 def evaluate(settings: Settings, spec: ModelSpec, benchmark_specs: list[str], modes: list[str],
-             tools_url: str | None = None, out_dir: str | Path | None = None) -> EvalResult:
-    """Run the evaluation, log it to MLflow, write the outputs; return where everything is."""
+             tools_url: str | None = None, out_dir: str | Path | None = None,
+             training_runs: dict[str, str] | None = None) -> EvalResult:
+    """Run the evaluation, log it to MLflow, write the outputs; return where everything is.
+    ``training_runs`` ({"sft": run id, "grpo": run id}): the runs that trained this checkpoint; the
+    report shows their SFT loss and GRPO reward per step."""
     _check_modes(modes)
     ev = settings.evaluate
     benches = list(iter_benchmarks(benchmark_specs, ev.limit, ev.seed))
@@ -163,7 +179,10 @@ def evaluate(settings: Settings, spec: ModelSpec, benchmark_specs: list[str], mo
         samples = asyncio.run(_collect(settings, spec, benches, modes, tools_url, judge))
         wall = time.perf_counter() - t0
         meta = {"model": spec.label, "judge": judge.name, "run_id": run.run_id, "versions": versions}
-        cells, files = write_outputs(samples, benches, modes, meta, out)
+        histories = training_histories(settings, training_runs or {})
+        if training_runs:
+            run.set_tags({f"dmms.training_run.{k}": v for k, v in training_runs.items() if v})
+        cells, files = write_outputs(samples, benches, modes, meta, out, histories)
         flat = {**M.flat_metrics(cells), **M.split_metrics(samples)}
         flat["samples"] = float(len(samples))
         flat["judge_errors"] = float(sum(s.judge_error for s in samples))

@@ -151,10 +151,11 @@ def grpo_op(data_uri: str, model_uri: str, tools_url: str, run_id: str, metrics:
 
 def evaluate_op(model_uri: str, world_test_uri: str, extra_benchmarks: str, modes: str, tools_url: str,
                 limit: int, run_id: str, metrics: Output[Metrics], report: Output[HTML],
-                table: Output[Markdown], label: str = "") -> NamedTuple("EvalOutputs", [("eval_run_id", str),
-                                                                                     ("table_md", str)]):
+                table: Output[Markdown], label: str = "", sft_run_id: str = "",
+                grpo_run_id: str = "") -> NamedTuple("EvalOutputs", [("eval_run_id", str), ("table_md", str)]):
     """Evaluate ``model_uri`` (empty: the profile's base model) on the world's test split and
-    ``extra_benchmarks`` (NAME=URI,...); ``label`` (base, sft, rl) is tagged ``dmms.checkpoint``."""
+    ``extra_benchmarks`` (NAME=URI,...); ``label`` (base, sft, rl) is tagged ``dmms.checkpoint``;
+    the MLflow runs that trained it (``sft_run_id``, ``grpo_run_id``) give the report its curves."""
     import shutil
     import tempfile
     from collections import namedtuple
@@ -177,7 +178,8 @@ def evaluate_op(model_uri: str, world_test_uri: str, extra_benchmarks: str, mode
         model = local_model(settings, model_uri, Path(tmp, "model")) if model_uri else ensure_model(settings)
         benches = local_benchmarks(settings, specs, Path(tmp, "bench"))
         result = evaluate(settings, ModelSpec(name=model), benches,
-                          [m.strip() for m in modes.split(",") if m.strip()], tools_url or None, Path(tmp, "out"))
+                          [m.strip() for m in modes.split(",") if m.strip()], tools_url or None, Path(tmp, "out"),
+                          training_runs={"sft": sft_run_id, "grpo": grpo_run_id})
         shutil.copyfile(result.files["report"], report.path)
         table_md = Path(result.files["table_md"]).read_text(encoding="utf-8")
     Path(table.path).write_text(table_md, encoding="utf-8")

@@ -49,6 +49,12 @@ def test_dmms_run_smoke_end_to_end(tmp_path):
     assert steps["evaluate-rl"].data.tags["dmms.model_uri"] == grpo_uri  # GRPO's output was evaluated
     assert steps["evaluate-sft"].data.tags["dmms.model_uri"] == steps["sft"].data.tags["dmms.checkpoint_uri"]
     assert {"accuracy.avg.direct", "accuracy.avg.rag", "accuracy.avg.agent"} <= set(steps["evaluate-rl"].data.metrics)
+    # the RL report shows the SFT loss and GRPO reward curves of the runs that trained it
+    rl_tags = steps["evaluate-rl"].data.tags
+    assert rl_tags["dmms.training_run.sft"] == steps["sft"].info.run_id
+    assert rl_tags["dmms.training_run.grpo"] == steps["grpo"].info.run_id
+    plots = {a.path for a in mlc.list_artifacts(steps["evaluate-rl"].info.run_id, "evaluation/plots")}
+    assert "evaluation/plots/training_curves.png" in plots
     versions = {r.data.tags["dmms.benchmarks_version"] for k, r in steps.items() if k.startswith("evaluate")}
     assert len(versions) == 1  # the same benchmark version before and after
 
