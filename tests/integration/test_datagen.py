@@ -198,11 +198,6 @@ def test_llm_teacher_through_an_openai_compatible_endpoint(world, tools_url, tmp
     """The llm teacher against a local server speaking the OpenAI chat JSON (a hosted vision model
     cannot run here). The server's replies stand for a model: it decodes the inline image and
     plays the oracle's policy; taxonomy prompts (the seed has no categories) get a category."""
-    import base64
-    import io
-
-    from PIL import Image
-
     from components.agent.generators.base import GenRequest
     from components.datagen.oracle import OracleGenerator, load_world
 
@@ -218,15 +213,7 @@ def test_llm_teacher_through_an_openai_compatible_endpoint(world, tools_url, tmp
             return "visual/shape" if "shape" in msgs[-1]["content"] else "other"
         if msgs[-1]["content"] == "Reply with OK.":
             return "OK"
-        ours, images = [], []
-        for m in msgs:
-            if isinstance(m["content"], list):
-                url = next(p["image_url"]["url"] for p in m["content"] if p["type"] == "image_url")
-                images.append(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
-                text = "".join(p.get("text", "") for p in m["content"] if p["type"] == "text")
-                ours.append({"role": m["role"], "content": [{"type": "image"}, {"type": "text", "text": text}]})
-            else:
-                ours.append(m)
+        ours, images = _decode_teacher_request(body)
         out = policy._one(GenRequest(images=images, messages=ours))
         return out.text.removesuffix(out.stop or "")  # servers drop the stop string
 
