@@ -97,6 +97,14 @@ class Settings(BaseSettings):
                 if getattr(self.storage, key) is None:
                     problems.append(f"{env_name('storage', key)} is required when "
                                     f"{env_name('storage', 'root')} is s3://")
+        low = self.model.dtype in ("bfloat16", "float16", "auto")
+        for step in ("sft", "grpo"):
+            if low and getattr(self, step).full_finetune:
+                problems.append(
+                    f"{env_name('model', 'dtype')}={self.model.dtype} with {env_name(step, 'full_finetune')}=true "
+                    f"would keep the trained weights in low precision, where small updates round away: set "
+                    f"{env_name('model', 'dtype')}=float32 (fp32 master weights) and {env_name(step, 'bf16')}=true "
+                    f"(bf16 compute), or train LoRA adapters ({env_name(step, 'full_finetune')}=false)")
         if self.profile != "tiny" and self.tools.token is None:
             problems.append(f"{env_name('tools', 'token')} is required when profile is "
                             f"'{self.profile}' (the tool-server demands a bearer token outside tiny)")

@@ -26,6 +26,23 @@ def on_cpu(settings: Settings) -> bool:
     return settings.model.device == "cpu" or not torch.cuda.is_available()
 
 
+def check_master_precision(model: Any) -> None:
+    """Refuse to train parameters stored in less than fp32.
+
+    Why: an optimizer step on a bf16 weight rounds to bf16's 8-bit mantissa, so updates smaller than
+    ~0.4% of the weight vanish (at the paper's lr 2e-6 almost all of them). Mixed precision done right
+    keeps the trainable ("master") weights and the optimizer state in fp32 and computes in bf16
+    (``bf16=True``: autocast); a frozen base may be bf16 (LoRA: peft keeps the adapters in fp32).
+    """
+    import torch
+
+    low = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
+    if low:
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad and p.dtype != torch.float32)
+        raise ValueError(f"{n} trainable parameters are {', '.join(low)}, not float32: load the model with "
+                         f"DMMS_MODEL__DTYPE=float32 and compute in bf16 with DMMS_SFT__BF16 / DMMS_GRPO__BF16")
+
+
 def trainer_kwargs(section: Any, settings: Settings, output_dir: str | Path) -> dict[str, Any]:
     """TrainingArguments fields from a training section (``settings.sft`` or ``settings.grpo``)."""
     cpu = on_cpu(settings)

@@ -40,6 +40,7 @@ from components.common.checkpoints import (
 from components.common.settings import Settings
 from components.common.storage import MANIFEST, StorageError, join_uri, open_store, publish_dir
 from components.common.tracking import tracked_run
+from components.common.training import check_master_precision
 from components.grpo.config import grpo_config, lora_config
 from components.grpo.data import load_grpo_dataset
 from components.grpo.rewards import make_reward_funcs
@@ -73,9 +74,11 @@ def build_trainer(settings: Settings, dataset, model_path: str, output_dir: Path
     peft = None if settings.grpo.full_finetune else lora_config(settings, model)
     args = grpo_config(settings, output_dir, **config_overrides)
     rollout = make_rollout_func(settings, dataset["question"], generator_factory)
-    return GRPOTrainer(model=model, reward_funcs=make_reward_funcs(settings, work), args=args,
-                       train_dataset=dataset, processing_class=processor, peft_config=peft,
-                       rollout_func=rollout, callbacks=list(callbacks))
+    trainer = GRPOTrainer(model=model, reward_funcs=make_reward_funcs(settings, work), args=args,
+                          train_dataset=dataset, processing_class=processor, peft_config=peft,
+                          rollout_func=rollout, callbacks=list(callbacks))
+    check_master_precision(trainer.model)  # fp32 master weights; bf16 only as compute (args.bf16)
+    return trainer
 
 
 def run_grpo(settings: Settings, data_uri: str, model: str, out_uri: str, work_dir: str | Path | None = None,

@@ -44,6 +44,7 @@ from components.common.storage import (
     publish_dir,
 )
 from components.common.tracking import tracked_run
+from components.common.training import check_master_precision
 from components.sft.config import lora_config, sft_config
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def build_trainer(settings: Settings, dataset, model_path: str, output_dir: Path
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                          peft_config=peft, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # it prints to stdout; our callback logs instead
+    check_master_precision(trainer.model)  # fp32 master weights; bf16 only as compute (args.bf16)
     return trainer
 
 

@@ -58,7 +58,7 @@ def test_paper_profile_sets_paper_defaults(monkeypatch):
     monkeypatch.setenv("DMMS_STORAGE__SECRET_KEY", "sk")
     s = load_settings()
     assert s.model.name_or_path == "Qwen/Qwen2.5-VL-7B-Instruct"
-    assert s.model.dtype == "bfloat16"
+    assert s.model.dtype == "float32" and s.grpo.bf16  # fp32 master weights, bf16 compute
     assert s.storage.root.startswith("s3://")
     assert s.agent.max_image_searches == 1 and s.agent.max_tool_calls == 10
 
