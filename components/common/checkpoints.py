@@ -28,6 +28,7 @@ from components.common.storage import (
     ObjectStore,
     VersionRef,
     fetch_version,
+    join_uri,
     list_versions,
     publish_dir,
     verify_version,
@@ -63,10 +64,13 @@ class MlflowMetricsCallback(TrainerCallback):
 
 
 class PublishCheckpointCallback(TrainerCallback):
-    """After the Trainer saved ``checkpoint-N``, publish the folder atomically as ``<out>/step-N/``."""
+    """After the Trainer saved ``checkpoint-N``, publish the folder atomically as ``<out>/step-N/``,
+    delete the local folder (the store holds it now: pod disks do not fill up), and keep only the
+    newest ``keep`` step checkpoints in the store (:func:`prune_step_checkpoints`)."""
 
-    def __init__(self, store: ObjectStore, out_uri: str):
+    def __init__(self, store: ObjectStore, out_uri: str, keep: int | None = None):
         self.store, self.out_uri = store, out_uri
+        self.keep = keep if keep is not None else store.settings.keep_step_checkpoints
         self.published: list[str] = []
 
     def on_save(self, args, state, control, **kwargs):
@@ -76,7 +80,21 @@ class PublishCheckpointCallback(TrainerCallback):
         ref = publish_dir(self.store, folder, self.out_uri, version=f"step-{state.global_step}",
                           metadata={"kind": "trainer_checkpoint", "global_step": state.global_step})
         self.published.append(ref.uri)
-        log.info("published step checkpoint %s", ref.uri)
+        shutil.rmtree(folder, ignore_errors=True)
+        pruned = prune_step_checkpoints(self.store, self.out_uri, self.keep)
+        log.info("published step checkpoint %s%s", ref.uri, f" (deleted {', '.join(pruned)})" if pruned else "")
+
+
+def prune_step_checkpoints(store: ObjectStore, out_uri: str, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` step checkpoints under ``out_uri`` (``final`` is never
+    touched). The manifest goes first, so a half-deleted version is already one that does not exist;
+    resume (:func:`newest_valid_checkpoint`) picks the newest of those kept that verifies."""
+    deleted = []
+    for step, ref in step_checkpoints(store, out_uri)[keep:]:
+        store.delete(join_uri(ref.uri, MANIFEST))
+        store.delete(ref.uri, recursive=True)
+        deleted.append(f"step-{step}")
+    return deleted
 
 
 def step_checkpoints(store: ObjectStore, out_uri: str) -> list[tuple[int, VersionRef]]:

@@ -52,6 +52,10 @@ class StorageSettings(_Section):
     region: str | None = Field(None, description="S3 region, if the server needs one.")
     timeout_s: float = Field(60.0, gt=0, description="Timeout of one S3 request, seconds.")
     retries: int = Field(3, ge=0, le=10, description="Retries of a failed S3 request.")
+    keep_step_checkpoints: int = Field(
+        2, ge=1, description="Training steps keep this many newest step-N checkpoints in the store (plus "
+        "final); older ones are deleted once a newer one is published (a 7B full checkpoint with its "
+        "optimizer state is ~60-90 GB).")
 
 
 class TrackingSettings(_Section):

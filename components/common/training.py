@@ -67,6 +67,7 @@ def trainer_kwargs(section: Any, settings: Settings, output_dir: str | Path) -> 
         save_strategy="steps",
         save_steps=section.save_steps,
         save_only_model=False,  # a step checkpoint holds optimizer, scheduler and RNG state to resume
+        save_total_limit=1,  # locally; each is published and deleted (checkpoints.PublishCheckpointCallback)
         report_to="none",  # our MLflow callback (components/common/checkpoints.py) logs instead
         remove_unused_columns=False,  # collators and rewards read raw columns (messages, images, answers)
         disable_tqdm=True,
