@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the agent loop over a VQA set; write trajectories (JSONL) and images (input + crops)."""
         from components.agent.run import run_vqa
+        from components.agent.vqa import VQAError
         from components.common.settings import load_settings
-        from components.datagen.vqa import VQAError
 
         try:
             summary = asyncio.run(run_vqa(model, vqa, out, load_settings(), tools_url=tools, limit=limit))

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def read_samples(vqa: Path, limit: int | None = None) -> list[Sample]:
     """The samples of a VQA set folder (or its vqa.jsonl), images read as bytes."""
-    from components.datagen.vqa import read_vqa
+    from components.agent.vqa import read_vqa
 
     vqa = Path(vqa)
     items = read_vqa(vqa)

@@ -29,9 +29,9 @@ def register(app: typer.Typer) -> None:
         tools: str | None = typer.Option(None, help="Tool-server base URL (default: DMMS_TOOLS__URL)."),
     ) -> None:
         """Generate DeepMMSearchVQA: teacher trajectories -> filters -> 50:50 balance -> dataset."""
+        from components.agent.vqa import VQAError
         from components.common.settings import load_settings
         from components.datagen.run import DatagenError, run_datagen
-        from components.datagen.vqa import VQAError
 
         settings = load_settings(**({"tools": {"url": tools}} if tools else {}))
         try:

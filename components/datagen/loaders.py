@@ -2,7 +2,7 @@
 
 Why: the paper seeds DeepMMSearchVQA with InfoSeek and trains GRPO on MMSearch-R1's FVQA train
 set. These loaders read them in their released shapes and write a VQA set (``vqa.jsonl`` +
-images) that datagen and evaluation read with :func:`components.datagen.vqa.read_vqa`.
+images) that datagen and evaluation read with :func:`components.agent.vqa.read_vqa`.
 
 * **InfoSeek** — JSONL rows ``{"data_id", "image_id", "question", "answer", "answer_eng",
   "data_split", ...}`` (``entity_id`` in the ``_withkb`` files). ``answer``/``answer_eng`` are
@@ -36,7 +36,7 @@ from typing import Any
 from PIL import Image
 
 from components.agent.infoseek import infoseek_answers
-from components.datagen.vqa import VQAError, VQAItem, VQAWriter
+from components.agent.vqa import VQAError, VQAItem, VQAWriter
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from components.agent.protocol import (
     parse_turn,
     render_action,
 )
-from components.datagen.vqa import VQAItem
+from components.agent.vqa import VQAItem
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,7 @@ from components.agent.loop import AgentLoop, Sample
 from components.agent.protocol import EndReason, Limits
 from components.agent.sft_data import publish_dataset, rows_from_trajectories
 from components.agent.trajectory import Trajectory, sha256_of
+from components.agent.vqa import VQAItem, read_vqa
 from components.common.atomic import staged_dir
 from components.common.settings import Settings, env_name
 from components.common.storage import open_store
@@ -50,7 +51,6 @@ from components.datagen.balance import Candidate, balance
 from components.datagen.filters import apply_filters
 from components.datagen.journal import Journal, JournaledGenerator, JournalError
 from components.datagen.teachers import TeacherError, assign_categories, make_teacher
-from components.datagen.vqa import VQAItem, read_vqa
 
 log = logging.getLogger(__name__)
 

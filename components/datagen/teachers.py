@@ -22,10 +22,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from components.agent.vqa import VQAItem
 from components.common.llm import ChatClient, LLMError
 from components.common.settings import Settings, env_name
 from components.datagen.oracle import OracleError, OracleGenerator, load_world
-from components.datagen.vqa import VQAItem
 
 log = logging.getLogger(__name__)
 

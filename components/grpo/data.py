@@ -80,7 +80,7 @@ def grpo_dataset(rows: list[dict]):
 
 def rows_from_vqa(folder: Path, settings: Settings) -> list[dict]:
     """Rows of a VQA set folder (``vqa.jsonl`` and its images)."""
-    from components.datagen.vqa import read_vqa
+    from components.agent.vqa import read_vqa
 
     items = read_vqa(folder)
     root = folder if folder.is_dir() else folder.parent

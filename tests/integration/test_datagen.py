@@ -19,10 +19,10 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from components.agent.vqa import VQAError, read_vqa
 from components.common.settings import Settings
 from components.common.storage import list_versions, open_store, verify_version
 from components.datagen.run import DatagenError, run_datagen
-from components.datagen.vqa import VQAError, read_vqa
 from tests.fixtures.toolserver import TOKEN, start_toolserver, tool_settings
 from tests.support import free_port
 

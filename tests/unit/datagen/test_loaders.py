@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from components.agent.vqa import VQAError, read_vqa
 from components.datagen.loaders import load_fvqa, load_infoseek
-from components.datagen.vqa import VQAError, read_vqa
 
 
 def _img_bytes(colour: tuple[int, int, int], fmt: str = "JPEG") -> bytes:

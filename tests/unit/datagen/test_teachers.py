@@ -11,6 +11,7 @@ from PIL import Image
 
 from components.agent.generators.base import GenRequest
 from components.agent.protocol import GIVE_UP_ANSWER, Action, ActionKind, initial_messages, parse_turn
+from components.agent.vqa import VQAItem, read_vqa
 from components.common.settings import Settings
 from components.datagen.oracle import (
     Gold,
@@ -30,7 +31,6 @@ from components.datagen.teachers import (
     probe_endpoint,
     world_path,
 )
-from components.datagen.vqa import VQAItem, read_vqa
 from tests.support import free_port
 
 NAMES = ["Gleimul Palace", "Chilaith Bridge", "Stou Siadrer", "Faitrem Mobugol"]

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from components.datagen.vqa import read_vqa
+from components.agent.vqa import read_vqa
 from components.search.grounding import crop_region, spatial_box
 from components.search.image_index import ImageIndex, read_image_rows
 from components.world import draw, visual

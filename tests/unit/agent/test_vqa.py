@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from components.datagen.vqa import VQAError, VQAItem, read_vqa, write_vqa
+from components.agent.vqa import VQAError, VQAItem, read_vqa, write_vqa
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:
