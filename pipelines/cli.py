@@ -56,24 +56,31 @@ def register(app: typer.Typer) -> None:
     param_opt = typer.Option([], "--param", help="Pipeline parameter KEY=VALUE (repeatable).")
 
     @app.command("run")
-    def run_cmd(pipeline: str = pipeline_opt, param: list[str] = param_opt) -> None:
+    def run_cmd(pipeline: str = pipeline_opt, param: list[str] = param_opt,
+                verbose: bool = typer.Option(False, "--verbose", "-v", envvar="DMMS_VERBOSE",
+                                             help="Stream every step's output instead of one line per step.")
+                ) -> None:
         """Run a pipeline end to end with the KFP local runner; print the results table."""
         from components.common.settings import load_settings
         from pipelines.local import LocalRunError, run_local
 
         try:
-            result = run_local(load_settings(), pipeline, _params(pipeline, param))
+            result = run_local(load_settings(), pipeline, _params(pipeline, param), verbose=verbose)
         except LocalRunError as exc:
             _fail(exc)
         from pipelines.results import format_table
 
         if result.table_md:
+            typer.echo("\nThe evaluated checkpoint, per benchmark and mode (accuracy %, 95% CI, n):")
             typer.echo(result.table_md, nl=False)
         if result.results.get("rows"):
-            typer.echo("\n" + format_table(result.results), nl=False)
-        typer.echo(f"pipeline: {result.pipeline}\nMLflow: {result.tracking_uri} (eval run {result.eval_run_id}; "
-                   f"report at artifact evaluation/report.html)\npromotion: {result.decision or 'none'}\n"
-                   f"results: {result.results_path}\nKFP outputs: {result.pipeline_root}")
+            typer.echo("\nBefore and after training, on the same questions:")
+            typer.echo(format_table(result.results), nl=False)
+        elif result.decision:
+            typer.echo(f"promotion: {result.decision}")
+        typer.echo(f"\nMLflow: {result.tracking_uri} (eval run {result.eval_run_id}; report at artifact "
+                   f"evaluation/report.html)\nresults: {result.results_path}\nstep logs: {result.log_path}\n"
+                   f"KFP outputs: {result.pipeline_root}")
 
     @app.command("compile")
     def compile_cmd(out: Path = typer.Option(Path("build/pipelines"), help="Folder for the YAML files.")) -> None:

@@ -26,6 +26,7 @@ import httpx
 
 from components.common.settings import Settings
 from pipelines.catalog import build
+from pipelines.console import step_lines
 from pipelines.results import collect_results, write_results
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class LocalResult:
     pipeline_root: str = ""
     results: dict[str, Any] = field(default_factory=dict)  # pipelines/results.py: before/after rows
     results_path: str = ""
+    log_path: str = ""  # every task's output (pipelines/console.py)
 
 
 def _free_port() -> int:
@@ -91,8 +93,10 @@ def _wait_ready(url: str, timeout_s: float, thread: threading.Thread) -> None:
     raise LocalRunError(f"the tool-server at {url} was not ready within {timeout_s:.0f}s (index not loadable?)")
 
 
-def run_local(settings: Settings, name: str = "smoke", overrides: dict[str, Any] | None = None) -> LocalResult:
-    """Run pipeline ``name`` with the KFP local runner; return where the results are."""
+def run_local(settings: Settings, name: str = "smoke", overrides: dict[str, Any] | None = None,
+              verbose: bool = False) -> LocalResult:
+    """Run pipeline ``name`` with the KFP local runner; return where the results are. Unless
+    ``verbose``, each task is one line on the terminal and its output goes to ``.dmms/logs/``."""
     from kfp import local
 
     overrides = dict(overrides or {})
@@ -103,14 +107,16 @@ def run_local(settings: Settings, name: str = "smoke", overrides: dict[str, Any]
     root = Path(settings.pipelines.local_root).resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     started_ms, t0 = int(time.time() * 1000), time.perf_counter()
-    data_task = p.data(**p.data_args(overrides))
-    data = {k: str(data_task.outputs[k]) for k in DATA_OUTPUTS}
-    wall = {"data": round(time.perf_counter() - t0, 1)}
-    with serve_tools(settings, data["index_uri"]) as url:
-        t1 = time.perf_counter()
-        p.main(**p.main_args(data, overrides, url))
-        wall["main"] = round(time.perf_counter() - t1, 1)
-    result = LocalResult(name, data, tracking_uri=settings.tracking.uri, pipeline_root=str(root))
+    with step_lines(Path(settings.pipelines.local_root).parent / "logs", verbose) as log_path:
+        data_task = p.data(**p.data_args(overrides))
+        data = {k: str(data_task.outputs[k]) for k in DATA_OUTPUTS}
+        wall = {"data": round(time.perf_counter() - t0, 1)}
+        with serve_tools(settings, data["index_uri"]) as url:
+            t1 = time.perf_counter()
+            p.main(**p.main_args(data, overrides, url))
+            wall["main"] = round(time.perf_counter() - t1, 1)
+    result = LocalResult(name, data, tracking_uri=settings.tracking.uri, pipeline_root=str(root),
+                         log_path=str(log_path))
     _collect(settings, result)
     wall["total"] = round(time.perf_counter() - t0, 1)
     result.results = collect_results(settings, started_ms, wall)

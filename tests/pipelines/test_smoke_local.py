@@ -24,6 +24,11 @@ def test_dmms_run_smoke_end_to_end(tmp_path):
     assert "| Mode |" in out.stdout and "| rag |" in out.stdout and "| agent |" in out.stdout  # the table
     assert "eval run" in out.stdout and "promotion:" in out.stdout
     assert "checkpoint mode" in out.stdout and "95% CI" in out.stdout  # the before/after table
+    # one line per step on the terminal, every step's output in the log file it names
+    assert len(out.stdout.splitlines()) <= 80, out.stdout
+    assert any(line.split()[:2] == ["datagen-op", "SUCCESS"] for line in out.stdout.splitlines())
+    log_path = Path(out.stdout.split("step logs: ")[1].split()[0])
+    assert log_path.is_file() and "Executing task" in log_path.read_text()
     results = json.loads((tmp_path / ".dmms" / "results.json").read_text())
     assert {(r["checkpoint"], r["mode"]) for r in results["rows"]} == {
         (c, m) for c in ("base", "sft", "rl") for m in ("agent", "direct")}
