@@ -13,6 +13,7 @@ main stage (datagen → sft → grpo → evaluate → promote for smoke/full) �
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -105,6 +106,7 @@ def run_local(settings: Settings, name: str = "smoke", overrides: dict[str, Any]
     if unknown:
         raise LocalRunError(f"unknown parameter(s) {unknown} of pipeline {name}: use {sorted(p.params)}")
     root = Path(settings.pipelines.local_root).resolve()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars between our lines
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     started_ms, t0 = int(time.time() * 1000), time.perf_counter()
     with step_lines(Path(settings.pipelines.local_root).parent / "logs", verbose) as log_path:

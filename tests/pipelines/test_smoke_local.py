@@ -22,7 +22,7 @@ def test_dmms_run_smoke_end_to_end(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "| Mode |" in out.stdout and "| rag |" in out.stdout and "| agent |" in out.stdout  # the table
-    assert "eval run" in out.stdout and "promotion:" in out.stdout
+    assert "eval run" in out.stdout and "promotion of the RL checkpoint" in out.stdout
     assert "checkpoint mode" in out.stdout and "95% CI" in out.stdout  # the before/after table
     # one line per step on the terminal, every step's output in the log file it names
     assert len(out.stdout.splitlines()) <= 80, out.stdout
