@@ -37,9 +37,9 @@ class LoopTimer(TrainerCallback):
 
 
 def _dataset(settings, n: int):
+    from bench.expert_data import expert_trajectories
     from components.agent.sft_data import publish_dataset, rows_from_trajectories
     from components.common.storage import open_store
-    from tests.unit.sft.data import expert_trajectories
 
     trajs, images = expert_trajectories(n)
     return publish_dataset(open_store(settings), "bench-vqa", rows_from_trajectories(trajs, images))

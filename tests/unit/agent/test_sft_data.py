@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.expert_data import expert_trajectories
 from components.agent.sft_data import (
     FORMAT,
     load_dataset_version,
@@ -25,7 +26,6 @@ from components.agent.sft_data import (
 from components.agent.trajectory import Trajectory
 from components.common.settings import StorageSettings
 from components.common.storage import CorruptVersionError, StorageError, join_uri, open_store
-from tests.unit.sft.data import expert_trajectories
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from transformers import TrainerCallback
 
+from bench.expert_data import expert_trajectories
 from components.agent.models import ensure_model, language_linear_modules, load_model_and_processor
 from components.agent.protocol import STOP_STRINGS, parse_turn
 from components.agent.sft_data import publish_dataset, rows_from_trajectories
@@ -28,7 +29,6 @@ from components.common.settings import load_settings
 from components.common.storage import MANIFEST, join_uri, open_store, verify_version
 from components.sft.config import lora_config, sft_config
 from components.sft.train import build_trainer, run_sft
-from tests.unit.sft.data import expert_trajectories
 
 log = logging.getLogger(__name__)
 N_TRAIN, N_HELD_OUT = 24, 8

@@ -1,4 +1,4 @@
-"""Scripted expert trajectories for SFT tests: small, deterministic, made with the protocol's own
+"""Scripted expert trajectories for the SFT benchmark and tests: small, deterministic, made with the protocol's own
 render functions (the datagen step produces real ones with a teacher; these stand in for its output
 in tests only, and are real Trajectory records, not canned training results).
 
