@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from transformers.utils.chat_template_utils import render_jinja_template
 from trl.data_utils import prepare_multimodal_messages
 
-import components.agent.protocol as protocol_module
+import components.agent.protocol.parser as protocol_parser
 import components.agent.trajectory as trajectory_module
 from components.agent.protocol import (
     INFO_OPEN,
@@ -140,7 +140,7 @@ def test_format_score_on_hand_built_cases():
     assert [turn_valid(t) for t in full.turns] == [True, False, True, True]
 
 
-@pytest.mark.parametrize("module", [protocol_module, trajectory_module])
+@pytest.mark.parametrize("module", [protocol_parser, trajectory_module])
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
