@@ -8,8 +8,8 @@ is asked once more, then becomes ``Verdict(correct=False, error=True)`` — coun
 (:mod:`components.agent.judging`), never raised.
 
 The prompt is a versioned template (``prompts/judge/<version>.txt``; v2 carries InfoSeek's numeric
-range); verdicts are cached by content hash in memory and, with a path, in a SQLite file, so a
-re-run does not pay twice. The HTTP client is made per event loop, so one judge serves many
+range); verdicts are cached by content hash in the tool-server's SQLite cache (:mod:`components.search.cache`;
+in memory, or in a file when a path is given), so a re-run does not pay twice. The HTTP client is made per event loop, so one judge serves many
 ``asyncio.run`` calls (GRPO's reward function runs one per step).
 
     judge = LLMJudge(settings.judge, cache_path=".dmms/judge.db")
@@ -23,14 +23,13 @@ import hashlib
 import json
 import logging
 import re
-import sqlite3
-import threading
 from importlib import resources
 from pathlib import Path
 
 from components.agent.judges import Verdict
 from components.common.llm import ChatClient, LLMError
 from components.common.settings import LLMEndpointSettings
+from components.search.cache import SQLiteCache
 
 log = logging.getLogger(__name__)
 DEFAULT_PROMPT_VERSION = "v2"
@@ -69,38 +68,6 @@ def parse_verdict(text: str) -> bool | None:
     return (m.group(1) == "correct") if m else None
 
 
-class _VerdictCache:
-    """Verdicts by content hash: in memory, plus a SQLite file when a path is given."""
-
-    def __init__(self, path: str | Path | None):
-        self._mem: dict[str, bool] = {}
-        self._lock = threading.Lock()
-        self._db = None
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), check_same_thread=False)
-            self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, correct INTEGER)")
-            self._db.commit()
-
-    def get(self, key: str) -> bool | None:
-        with self._lock:
-            if key in self._mem:
-                return self._mem[key]
-            if self._db is not None:
-                row = self._db.execute("SELECT correct FROM verdicts WHERE key=?", (key,)).fetchone()
-                if row is not None:
-                    self._mem[key] = bool(row[0])
-                    return bool(row[0])
-        return None
-
-    def put(self, key: str, value: bool) -> None:
-        with self._lock:
-            self._mem[key] = value
-            if self._db is not None:
-                self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?)", (key, int(value)))
-                self._db.commit()
-
-
 class LLMJudge:
     """The paper's binary judge through an OpenAI-compatible endpoint: strict, cached, never raising."""
 
@@ -114,7 +81,9 @@ class LLMJudge:
         self.name = f"llm:{self.model}"
         self._fixed_client = client
         self._clients: dict[int, ChatClient] = {}
-        self._cache = _VerdictCache(cache_path)
+        # verdicts never expire: the same (judge, prompt, question, golds, prediction) is the same verdict
+        self._cache = SQLiteCache(cache_path if cache_path is not None else ":memory:", ttl_s=0,
+                                  max_entries=10_000_000)
         judge_prompt("q", ["a"], "p", prompt_version)  # an unknown prompt version fails here, not per item
 
     def _client(self) -> ChatClient:
@@ -135,9 +104,9 @@ class LLMJudge:
         if not prediction.strip():
             return Verdict(False, self.name, "empty answer")
         key = self._key(question, golds, prediction, list(answer_range) if answer_range else None)
-        cached = self._cache.get(key)
+        cached = await self._cache.get(key)
         if cached is not None:
-            return Verdict(cached, self.name, "cached")
+            return Verdict(cached == "1", self.name, "cached")
         prompt = judge_prompt(question, golds, prediction, self.prompt_version, answer_range)
         problem = ""
         for attempt in range(self.attempts):
@@ -149,7 +118,7 @@ class LLMJudge:
             else:
                 verdict = parse_verdict(result.text)
                 if verdict is not None:
-                    self._cache.put(key, verdict)
+                    await self._cache.set(key, "1" if verdict else "0")
                     return Verdict(verdict, self.name, result.text.strip()[:40])
                 problem = f"unreadable verdict {result.text[:60]!r}"
             log.debug("judge %s, attempt %d: %s", self.name, attempt + 1, problem)
