@@ -249,3 +249,32 @@ def test_kill_and_resume(toolserver, world, tmp_path):
     assert versions[-1] == "final" and "step-3" in versions
     for ref in list_versions(store, str(out)):
         verify_version(store, ref.uri)
+
+
+def test_cut_and_empty_responses_are_masked_and_score_zero(toolserver, world, tmp_path):
+    """Responses cut at grpo.max_response_tokens no longer end with the end-of-turn token (TRL's
+    mask_truncated_completions drops them from the loss) and both rewards score them 0; a response
+    with no token at all gets one masked end-of-turn token instead of crashing TRL's padding."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    from components.grpo.rollout import _fill_empty
+
+    model, vqa, years = world
+    settings = _settings(toolserver, world, tmp_path, max_response_tokens=20)
+    dataset = load_grpo_dataset(settings, open_store(settings), str(vqa), tmp_path / "cache")
+    trainer = build_trainer(settings, dataset, str(model), tmp_path / "out", tmp_path,
+                            generator_factory=_scripted(years))
+    assert trainer.args.mask_truncated_completions
+    rows = [dataset[i] for i in (0, 0)]
+    prompts = [prepare_multimodal_messages(r["prompt"], images=r["images"]) for r in rows]
+    out = trainer.rollout_func(prompts, trainer)
+    eos = trainer.processing_class.tokenizer.eos_token_id
+    assert all(len(ids) == 20 and ids[-1] != eos for ids in out["completion_ids"])
+    assert [t.final_answer is not None for t in trainer.rollout_func.last] == [True, True]  # the loop answered
+    kwargs = {k: v for k, v in out.items() if k not in ("prompt_ids", "completion_ids", "logprobs", "env_mask")}
+    correctness, fmt = trainer.reward_funcs
+    assert correctness(prompts, [None] * 2, answers=[r["answers"] for r in rows], **kwargs) == [0.0, 0.0]
+    assert fmt(prompts, [None] * 2, **kwargs) == [0.0, 0.0]
+    empty = {"completion_ids": [[], [5, eos]], "env_mask": [[], [1, 1]], "logprobs": [[], [-0.1, -0.2]]}
+    assert _fill_empty(empty, eos) == [True, False]
+    assert empty == {"completion_ids": [[eos], [5, eos]], "env_mask": [[0], [1, 1]], "logprobs": [[0.0], [-0.1, -0.2]]}
