@@ -243,6 +243,13 @@ class SFTSettings(_Section):
     train_vision: bool = Field(
         False, description="With full_finetune: train the vision tower and merger too (a model built from "
         "scratch has a random tower; a pretrained one keeps it frozen, as in the paper).")
+    copy_pretrain_steps: int = Field(
+        0, ge=0, description="Steps of text-only copy pretraining (components/sft/pretrain.py) before SFT, "
+        "for a model the SFT step builds from scratch; 0: none (paper: a pretrained model).")
+    copy_pretrain_batch_size: int = Field(32, ge=1, description="Copy pretraining: sequences per step.")
+    copy_pretrain_max_tokens: int = Field(192, ge=16, description="Copy pretraining: tokens per sequence.")
+    copy_pretrain_synthetic_share: float = Field(
+        0.3, ge=0, le=1, description="Copy pretraining: share of synthetic copy drills among the sequences.")
     counterfactual_share: float = Field(
         0.0, ge=0, le=1, description="Share of rows whose invented names, numbers and fact phrases are "
         "swapped for fresh ones on every access (components/sft/counterfactual.py): memorising no longer "

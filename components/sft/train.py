@@ -47,6 +47,7 @@ from components.common.storage import (
 from components.common.tracking import tracked_run
 from components.sft.config import lora_config, sft_config
 from components.sft.data import prepare_rows, tokenizer_corpus
+from components.sft.pretrain import CopyPretrainConfig, copy_pretrain
 
 log = logging.getLogger(__name__)
 FINAL = "final"
@@ -107,6 +108,20 @@ def base_model_for(settings: Settings, model: str, dataset, work: Path) -> str:
                                 tiny=tiny, corpus=corpus))
 
 
+def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) -> str:
+    """Copy-pretrain the from-scratch base (:mod:`components.sft.pretrain`); save it to ``out``."""
+    s = settings.sft
+    model, processor = load_model_and_processor(model_path, settings.model)
+    config = CopyPretrainConfig(steps=s.copy_pretrain_steps, batch_size=s.copy_pretrain_batch_size,
+                                learning_rate=s.learning_rate, max_tokens=s.copy_pretrain_max_tokens,
+                                synthetic_share=s.copy_pretrain_synthetic_share, seed=s.seed)
+    copy_pretrain(model, processor, dataset["messages"], config,
+                  on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return str(out)
+
+
 def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
             work_dir: str | Path | None = None, callbacks: Sequence[TrainerCallback] = ()) -> SFTResult:
     """Train on the dataset ``data_uri`` (version URI or name) from ``model`` (empty: the profile's
@@ -131,6 +146,8 @@ def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
             given = model
             model = base_model_for(settings, model, dataset, work)
             if not given and settings.model.tiny.tokenizer_corpus == "data" and settings.profile == "tiny":
+                if settings.sft.copy_pretrain_steps:
+                    model = pretrain_base(settings, model, dataset, work / "pretrained", run)
                 publish_dir(store, Path(model), out_uri, version=BASE,
                             metadata={"kind": "base_model", "data_uri": data.uri, "built": "from scratch"})
                 run.set_tags({"dmms.base_model_uri": base_uri})
