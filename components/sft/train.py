@@ -93,14 +93,14 @@ def build_trainer(settings: Settings, dataset, model_path: str, output_dir: Path
 
 
 def base_model_for(settings: Settings, model: str, dataset, work: Path) -> str:
-    """The model to start from: ``model`` as given; empty → the profile's model, which the tiny
-    profile with ``model.tiny.tokenizer_corpus=data`` builds here from scratch, its tokenizer
-    trained on this dataset's own text (pages, names, prompts; names swapped)."""
+    """The model to start from: ``model`` as given; empty → ``model.name_or_path`` if a checkpoint is
+    there, else the tiny profile with ``model.tiny.tokenizer_corpus=data`` builds one here from
+    scratch, its tokenizer trained on this dataset's own text (pages, names, prompts; names swapped)."""
     if model:
         return model
-    tiny = settings.model.tiny
-    if settings.profile != "tiny" or tiny.tokenizer_corpus != "data":
-        return ensure_model(settings)
+    tiny, name = settings.model.tiny, Path(settings.model.name_or_path)
+    if settings.profile != "tiny" or tiny.tokenizer_corpus != "data" or (name / "config.json").is_file():
+        return ensure_model(settings)  # a hub id, or a checkpoint already at model.name_or_path
     from components.agent.tiny import build_tiny_model
 
     corpus = tokenizer_corpus(dataset["messages"], seed=settings.model.seed)
@@ -145,7 +145,7 @@ def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
                 model = str(fetch_version(store, base_uri, work / "base"))
             given = model
             model = base_model_for(settings, model, dataset, work)
-            if not given and settings.model.tiny.tokenizer_corpus == "data" and settings.profile == "tiny":
+            if not given and model == str(work / "base"):  # built here from scratch
                 if settings.sft.copy_pretrain_steps:
                     model = pretrain_base(settings, model, dataset, work / "pretrained", run)
                 publish_dir(store, Path(model), out_uri, version=BASE,

@@ -5,6 +5,7 @@ tool-server on a free loopback port, datagen with the oracle teacher, SFT and GR
 evaluation and promotion in the local MLflow registry (SQLite) — with small numbers."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,9 @@ DMMS = str(Path(sys.executable).parent / "dmms")
 
 
 def test_dmms_run_smoke_end_to_end(tmp_path):
-    out = subprocess.run([DMMS, "run", "--pipeline", "smoke", "--param", "datagen_n=2", "--param", "eval_limit=2"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "DMMS_SFT__COPY_PRETRAIN_STEPS": "5", "DMMS_GRPO__MAX_STEPS": "2"}  # the mechanism, not the recipe
+    out = subprocess.run([DMMS, "run", "--pipeline", "smoke", "--param", "n_entities=20", "--param", "datagen_n=4",
+                          "--param", "eval_limit=2"], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "| Mode |" in out.stdout and "| rag |" in out.stdout and "| agent |" in out.stdout  # the table
     assert "eval run" in out.stdout and "promotion:" in out.stdout
