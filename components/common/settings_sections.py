@@ -247,6 +247,7 @@ class SFTSettings(_Section):
         0, ge=0, description="Steps of text-only copy pretraining (components/sft/pretrain.py) before SFT, "
         "for a model the SFT step builds from scratch; 0: none (paper: a pretrained model).")
     copy_pretrain_batch_size: int = Field(32, ge=1, description="Copy pretraining: sequences per step.")
+    copy_pretrain_learning_rate: float = Field(3e-3, gt=0, description="Copy pretraining: peak learning rate.")
     copy_pretrain_max_tokens: int = Field(192, ge=16, description="Copy pretraining: tokens per sequence.")
     copy_pretrain_synthetic_share: float = Field(
         0.3, ge=0, le=1, description="Copy pretraining: share of synthetic copy drills among the sequences.")

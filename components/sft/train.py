@@ -113,7 +113,7 @@ def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) 
     s = settings.sft
     model, processor = load_model_and_processor(model_path, settings.model)
     config = CopyPretrainConfig(steps=s.copy_pretrain_steps, batch_size=s.copy_pretrain_batch_size,
-                                learning_rate=s.learning_rate, max_tokens=s.copy_pretrain_max_tokens,
+                                learning_rate=s.copy_pretrain_learning_rate, max_tokens=s.copy_pretrain_max_tokens,
                                 synthetic_share=s.copy_pretrain_synthetic_share, seed=s.seed)
     copy_pretrain(model, processor, dataset["messages"], config,
                   on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
