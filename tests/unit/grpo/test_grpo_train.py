@@ -172,7 +172,10 @@ def test_grpo_steps_scripted_policy_train_and_log(toolserver, world, tmp_path):
     names = set(mlc.get_run(result.run_id).data.metrics)
     assert {"loss", "reward", "rewards/correctness/mean", "rewards/format/mean", "format/rate",
             "searches/per_rollout", "searches/crop_searches_per_rollout", "tokens_per_s"} <= names
-    assert len(mlc.get_metric_history(result.run_id, "reward")) == 2
+    # per step: reward mean and std, the share of groups whose rewards do not vary (no advantage), the KL
+    for name in ("reward", "reward_std", "frac_reward_zero_std", "kl"):
+        assert len(mlc.get_metric_history(result.run_id, name)) == 2, name
+    assert settings.grpo.num_generations >= 4 and settings.grpo.beta > 0  # the tiny profile's group and KL
 
 
 def test_grpo_steps_with_the_live_tiny_policy(toolserver, world, tmp_path):
