@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -40,7 +42,8 @@ SPECIAL_TOKENS = (
 )
 # The agent protocol's tags (DESIGN.md §2, from the protocol module) become single, NON-special
 # tokens so they survive decoding with skip_special_tokens=True.
-# Tiny architecture. Text: head_dim = 64 / 4 = 16, so mrope_section sums to 8 (Qwen's 1:1.5:1.5).
+# Tiny architecture (the defaults of ``model.tiny``). Text: head_dim = 64 / 4 = 16, so mrope_section sums
+# to 8 (Qwen's 1:1.5:1.5).
 TEXT_CONFIG = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
@@ -55,7 +58,33 @@ VISION_CONFIG = {
 ATTN_IMPLEMENTATION = "sdpa"  # checked on CPU: sdpa and eager both run; sdpa is the faster one
 
 
-def train_tokenizer(corpus: str):
+def mrope_section(head_dim: int) -> list[int]:
+    """Qwen2.5-VL's 3-D rope split of ``head_dim / 2`` rotary pairs (temporal, height, width), about
+    1 : 1.5 : 1.5 as in the released models (head_dim 128 -> [16, 24, 24])."""
+    half = head_dim // 2
+    spatial = (half - half // 4) // 2
+    return [half - 2 * spatial, spatial, spatial]
+
+
+def architecture(tiny: Any | None = None) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(text config, vision config, tie embeddings) for a ``TinyModelSettings`` (None: the defaults)."""
+    text, vision = json.loads(json.dumps(TEXT_CONFIG)), dict(VISION_CONFIG)
+    if tiny is None:
+        return text, vision, False
+    head_dim, rest = divmod(tiny.hidden_size, tiny.num_heads)
+    if rest or head_dim % 8 or tiny.num_heads % tiny.num_kv_heads:
+        raise ValueError(f"tiny model: hidden_size {tiny.hidden_size} / num_heads {tiny.num_heads} must be a "
+                         "multiple of 8 and num_heads a multiple of num_kv_heads: change DMMS_MODEL__TINY__*")
+    text.update(hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
+                num_hidden_layers=tiny.num_layers, max_window_layers=tiny.num_layers,
+                num_attention_heads=tiny.num_heads, num_key_value_heads=tiny.num_kv_heads)
+    text["rope_parameters"]["mrope_section"] = mrope_section(head_dim)
+    vision.update(depth=tiny.vision_depth, out_hidden_size=tiny.hidden_size,
+                  fullatt_block_indexes=[tiny.vision_depth - 1])
+    return text, vision, tiny.tie_embeddings
+
+
+def train_tokenizer(corpus: str, vocab_size: int = BPE_VOCAB_SIZE):
     """Train a byte-level BPE on ``corpus`` and wrap it as a Qwen2 tokenizer with Qwen's special
     tokens and the protocol tags. Deterministic: the same corpus gives the same files."""
     from transformers import Qwen2Tokenizer
@@ -68,7 +97,7 @@ def train_tokenizer(corpus: str):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_SIZE, min_frequency=1, show_progress=False,
+        vocab_size=vocab_size, min_frequency=1, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     bpe.train_from_iterator(corpus.splitlines(keepends=True), trainer)
@@ -105,20 +134,23 @@ def make_processor(tokenizer, max_pixels: int):
                                video_processor=video_processor, chat_template=qwen2_5_vl_chat_template)
 
 
-def make_model(tokenizer, seed: int):
-    """A randomly initialised tiny ``Qwen2_5_VLForConditionalGeneration`` matching ``tokenizer``."""
+def make_model(tokenizer, seed: int, tiny: Any | None = None):
+    """A randomly initialised tiny ``Qwen2_5_VLForConditionalGeneration`` matching ``tokenizer``,
+    shaped by ``tiny`` (a ``TinyModelSettings``; None: the module's defaults)."""
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    text_config, vision_config, tie = architecture(tiny)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     eos, pad = ids["<|im_end|>"], ids["<|endoftext|>"]
     config = Qwen2_5_VLConfig(
-        text_config={**TEXT_CONFIG, "vocab_size": len(tokenizer), "bos_token_id": pad,
+        text_config={**text_config, "vocab_size": len(tokenizer), "bos_token_id": pad,
                      "eos_token_id": eos, "pad_token_id": pad},
-        vision_config=VISION_CONFIG,
+        vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
+    config.text_config.tie_word_embeddings = tie
     config._attn_implementation = ATTN_IMPLEMENTATION
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
         torch.manual_seed(seed)
@@ -129,11 +161,15 @@ def make_model(tokenizer, seed: int):
     return model
 
 
-def build_tiny_model(out: Path, seed: int = 0, max_pixels: int | None = None) -> Path:
+def build_tiny_model(out: Path, seed: int = 0, max_pixels: int | None = None, tiny: Any | None = None,
+                     corpus: Iterable[str] | None = None) -> Path:
     """Build the tiny RANDOM Qwen2.5-VL and save model, tokenizer, processor and chat template to
     ``out`` (written to a temporary folder first, then moved: never half-written).
 
-    ``max_pixels`` defaults to the tiny profile's ``model.max_pixels``. Refuses a non-empty ``out``.
+    ``max_pixels`` defaults to the tiny profile's ``model.max_pixels``; ``tiny`` (a
+    ``TinyModelSettings``) shapes the model and bounds the vocabulary (None: the module's defaults);
+    ``corpus`` (lines of text, e.g. the SFT data's own) replaces the packaged tokenizer corpus.
+    Refuses a non-empty ``out``.
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -144,14 +180,16 @@ def build_tiny_model(out: Path, seed: int = 0, max_pixels: int | None = None) ->
 
         max_pixels = load_settings(profile="tiny").model.max_pixels
     started = time.perf_counter()
-    tokenizer = train_tokenizer(CORPUS_PATH.read_text(encoding="utf-8"))
+    text = CORPUS_PATH.read_text(encoding="utf-8") if corpus is None else "\n".join(corpus)
+    tokenizer = train_tokenizer(text, tiny.vocab_size if tiny is not None else BPE_VOCAB_SIZE)
     processor = make_processor(tokenizer, max_pixels)
-    model = make_model(tokenizer, seed)
+    model = make_model(tokenizer, seed, tiny)
     with staged_dir(out) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
     n_params = sum(p.numel() for p in model.parameters())
-    log.warning("built a RANDOM tiny Qwen2.5-VL (%d parameters, vocab %d, seed %d) at %s in %.2f s; "
-                "it is for exercising the pipeline offline, not a real model",
-                n_params, len(tokenizer), seed, out, time.perf_counter() - started)
+    log.warning("built a RANDOM tiny Qwen2.5-VL (%d parameters, vocab %d, seed %d, tokenizer on %s) at %s "
+                "in %.2f s; it is for exercising the pipeline offline, not a real model", n_params,
+                len(tokenizer), seed, "the packaged corpus" if corpus is None else "the given corpus", out,
+                time.perf_counter() - started)
     return out

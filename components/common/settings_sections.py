@@ -178,6 +178,28 @@ class ToolsSettings(_Section):
     )
 
 
+class TinyModelSettings(_Section):
+    """Architecture and tokenizer of the from-scratch tiny Qwen2.5-VL (components/agent/tiny.py).
+
+    Used only where the tiny profile builds its model; sized by measurement on 2 CPU cores
+    (tiny.yaml says why each value is what it is)."""
+
+    hidden_size: int = Field(64, ge=16, description="Text (and vision output) hidden size.")
+    num_layers: int = Field(2, ge=1, description="Decoder layers (>= 2 for an induction (copy) circuit).")
+    num_heads: int = Field(4, ge=1, description="Attention heads; hidden_size / num_heads must be a multiple of 8.")
+    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
+    intermediate_size: int = Field(128, ge=16, description="MLP width of the text decoder.")
+    vision_depth: int = Field(2, ge=1, description="Vision transformer blocks.")
+    vocab_size: int = Field(1536, ge=300, description="Upper bound of the byte-level BPE vocabulary.")
+    tie_embeddings: bool = Field(
+        False, description="Share the input embedding and the output head: every token's output row is "
+        "trained by its uses as input too (untied rows of tokens never seen as targets stay random).")
+    tokenizer_corpus: Literal["packaged", "data"] = Field(
+        "packaged", description="packaged: BPE on the small packaged corpus (tiny_corpus.txt); data: BPE on "
+        "the SFT dataset's own text (its pages, names and prompt templates, names counterfactually "
+        "swapped so merges stay at the syllable level), the model then built by the SFT step.")
+
+
 class ModelSettings(_Section):
     """The policy model."""
 
@@ -196,6 +218,8 @@ class ModelSettings(_Section):
         64 * 28 * 28, gt=0, description="Max pixels of an input image for the processor."
     )
     seed: int = Field(0, description="Seed for model building and sampling.")
+    tiny: TinyModelSettings = Field(default_factory=TinyModelSettings,
+                                    description="The tiny profile's from-scratch model (ignored otherwise).")
 
 
 class AgentSettings(_Section):
@@ -224,8 +248,28 @@ class SFTSettings(_Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(1, ge=1, description="Per-device train batch size.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_length: int = Field(4096, ge=16, description="Longest tokenised conversation; longer ones are truncated.")
+    max_length: int = Field(
+        4096, ge=16, description="Longest tokenised conversation (image pads included); longer rows are "
+        "DROPPED before training (counted in the log and in MLflow as sft.dropped_too_long), never truncated.")
+    length_margin: int = Field(
+        0, ge=0, description="Tokens kept free below max_length when checking rows, for counterfactual "
+        "names that come out longer than the originals.")
     full_finetune: bool = Field(False, description="Train every language-model weight instead of LoRA.")
+    train_vision: bool = Field(
+        False, description="With full_finetune: train the vision tower and merger too (a model built from "
+        "scratch has a random tower; a pretrained one keeps it frozen, as in the paper).")
+    copy_pretrain_steps: int = Field(
+        0, ge=0, description="Steps of text-only copy pretraining (components/sft/pretrain.py) before SFT, "
+        "for a model the SFT step builds from scratch; 0: none (paper: a pretrained model).")
+    copy_pretrain_batch_size: int = Field(32, ge=1, description="Copy pretraining: sequences per step.")
+    copy_pretrain_learning_rate: float = Field(3e-3, gt=0, description="Copy pretraining: peak learning rate.")
+    copy_pretrain_max_tokens: int = Field(192, ge=16, description="Copy pretraining: tokens per sequence.")
+    copy_pretrain_synthetic_share: float = Field(
+        0.3, ge=0, le=1, description="Copy pretraining: share of synthetic copy drills among the sequences.")
+    counterfactual_share: float = Field(
+        0.0, ge=0, le=1, description="Share of rows whose invented names, numbers and fact phrases are "
+        "swapped for fresh ones on every access (components/sft/counterfactual.py): memorising no longer "
+        "pays, copying from <information> does. 0 (paper): rows as generated.")
     lora_r: int = Field(8, ge=1, description="LoRA rank (paper: 8).")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")

@@ -42,6 +42,8 @@ def grpo_config(settings: Settings, output_dir: str | Path, **overrides) -> GRPO
         max_completion_length=settings.model.max_new_tokens,  # per model turn (per generation call)
         reward_weights=[g.correct_weight, g.format_weight],
         log_completions=False,
+        # responses cut at grpo.max_response_tokens do not end with the end-of-turn token: no loss on them
+        mask_truncated_completions=True,
         use_vllm=g.use_vllm,
         vllm_importance_sampling_correction=g.use_vllm,
     )

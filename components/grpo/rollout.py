@@ -87,14 +87,43 @@ def default_generator(settings: Settings) -> GeneratorFactory:
     return make
 
 
-def _cap(out: dict[str, Any], max_tokens: int) -> None:
-    """Cut each response at ``max_tokens`` (model and tool tokens): the paper's max response length."""
+def _cap(out: dict[str, Any], max_tokens: int) -> list[bool]:
+    """Cut each response at ``max_tokens`` (model and tool tokens): the paper's max response length.
+    Returns which rows were cut: they no longer end with the end-of-turn token, so TRL's
+    ``mask_truncated_completions`` drops them from the loss, and :func:`_zero_reward_rows` makes
+    their rewards 0."""
+    cut = []
     for i, ids in enumerate(out["completion_ids"]):
-        if len(ids) > max_tokens:
+        cut.append(len(ids) > max_tokens)
+        if cut[-1]:
             out["completion_ids"][i] = ids[:max_tokens]
             out["env_mask"][i] = out["env_mask"][i][:max_tokens]
             if out["logprobs"] is not None:
                 out["logprobs"][i] = out["logprobs"][i][:max_tokens]
+    return cut
+
+
+def _fill_empty(out: dict[str, Any], eos_id: int) -> list[bool]:
+    """A trajectory with no completion token (the generator failed before its first token) would
+    crash TRL's padding (IndexError); it gets one end-of-turn token with mask 0 — no loss — instead.
+    Returns which rows were empty."""
+    empty = []
+    for i, ids in enumerate(out["completion_ids"]):
+        empty.append(not ids)
+        if not ids:
+            out["completion_ids"][i] = [eos_id]
+            out["env_mask"][i] = [0]
+            if out["logprobs"] is not None:
+                out["logprobs"][i] = [0.0]
+    return empty
+
+
+def _zero_reward_rows(out: dict[str, Any], rows: list[bool]) -> None:
+    """Rows the rewards must score 0: no final answer (correctness 0), no turns (format 0)."""
+    for i, zero in enumerate(rows):
+        if zero:
+            out["final_answer"][i] = None
+            out["turn_texts"][i] = []
 
 
 class RolloutFunc:
@@ -136,8 +165,14 @@ class RolloutFunc:
         self._check_prompts(prompts, trajs, trainer.processing_class)
         self.last = trajs
         out = to_rollout_output(trajs)
-        _cap(out, self.settings.grpo.max_response_tokens)
         out["turn_texts"] = [[t.raw for t in traj.turns] for traj in trajs]
+        cut = _cap(out, self.settings.grpo.max_response_tokens)
+        empty = _fill_empty(out, trainer.processing_class.tokenizer.eos_token_id)
+        _zero_reward_rows(out, [c or e for c, e in zip(cut, empty, strict=True)])
+        if any(cut) or any(empty):
+            log.warning("rollout step %d: %d of %d responses cut at grpo.max_response_tokens=%d (masked, reward 0), "
+                        "%d empty (one masked end-of-turn token, reward 0)", trainer.state.global_step, sum(cut),
+                        len(cut), self.settings.grpo.max_response_tokens, sum(empty))
         for name in ("text_searches", "image_searches", "crop_searches"):
             out[name] = [getattr(traj, name) for traj in trajs]
         return out

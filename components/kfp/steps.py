@@ -75,7 +75,6 @@ def sft_op(data_uri: str, base_model: str, run_id: str, metrics: Output[Metrics]
     import tempfile
     from collections import namedtuple
 
-    from components.agent.models import ensure_model
     from components.common.logging import setup_logging
     from components.common.storage import open_store
     from components.kfp.io import bind_run, local_model
@@ -86,7 +85,8 @@ def sft_op(data_uri: str, base_model: str, run_id: str, metrics: Output[Metrics]
     # The run id makes the output URI stable across retries of this task: a retried step resumes.
     out_uri = open_store(settings).uri("checkpoints", f"{run_id}-sft")
     with tempfile.TemporaryDirectory(prefix="dmms-sft-model-") as tmp:
-        model = local_model(settings, base_model, tmp) if base_model else ensure_model(settings)
+        # empty: the profile's model (the tiny profile may build it from this dataset inside run_sft)
+        model = local_model(settings, base_model, tmp) if base_model else ""
         result = run_sft(settings, data_uri, model, out_uri)
     metrics.log_metric("global_step", result.global_step)
     if result.train_loss is not None:

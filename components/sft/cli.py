@@ -20,10 +20,9 @@ def register(app: typer.Typer) -> None:
         work_dir: str = typer.Option(None, help="Local scratch folder (default: a temporary one)."),
     ) -> None:
         """Supervised fine-tuning (TRL SFTTrainer, LoRA by default), resumable, tracked in MLflow."""
-        from components.agent.models import ensure_model
         from components.common.settings import load_settings
         from components.sft.train import run_sft
 
         settings = load_settings()
-        result = run_sft(settings, data, model or ensure_model(settings), out, work_dir=work_dir)
+        result = run_sft(settings, data, model or "", out, work_dir=work_dir)
         typer.echo(result.model_dump_json(indent=2))

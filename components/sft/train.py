@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from transformers import PrinterCallback, TrainerCallback
 
-from components.agent.models import freeze_vision, load_model_and_processor
+from components.agent.models import ensure_model, freeze_vision, load_model_and_processor
 from components.agent.sft_data import load_dataset_version, resolve_dataset
 from components.common.checkpoints import (
     MlflowMetricsCallback,
@@ -39,6 +39,7 @@ from components.common.settings import Settings
 from components.common.storage import (
     MANIFEST,
     StorageError,
+    fetch_version,
     join_uri,
     open_store,
     publish_dir,
@@ -46,10 +47,12 @@ from components.common.storage import (
 from components.common.tracking import tracked_run
 from components.common.training import check_master_precision
 from components.sft.config import lora_config, sft_config
+from components.sft.data import prepare_rows, tokenizer_corpus
+from components.sft.pretrain import CopyPretrainConfig, copy_pretrain
 
 log = logging.getLogger(__name__)
 FINAL = "final"
-TRAIN_COLUMNS = ("messages", "images")
+BASE = "base"
 
 
 class SFTResult(BaseModel):
@@ -64,30 +67,69 @@ class SFTResult(BaseModel):
     train_loss: float | None = None
     trainable_params: int
     lora: bool
+    dropped_too_long: int = Field(0, description="Rows dropped for being longer than sft.max_length.")
+    base_model_uri: str | None = Field(None, description="The from-scratch base model, published for evaluation.")
 
 
 def build_trainer(settings: Settings, dataset, model_path: str, output_dir: Path, callbacks=(),
                   **config_overrides):
-    """Load the model (vision frozen), wrap LoRA unless full fine-tuning, return the ``SFTTrainer``."""
+    """Load the model (vision frozen unless ``sft.train_vision`` with full fine-tuning), wrap LoRA
+    unless full fine-tuning, drop rows too long for ``sft.max_length`` (counted), swap names on the
+    fly when ``sft.counterfactual_share`` > 0; return the ``SFTTrainer`` (``trainer.dmms_rows``:
+    the :class:`PreparedRows` it trains on)."""
     from trl import SFTTrainer
 
+    s = settings.sft
     model, processor = load_model_and_processor(model_path, settings.model)
-    freeze_vision(model)
-    peft = None if settings.sft.full_finetune else lora_config(settings, model)
+    if not (s.full_finetune and s.train_vision):
+        freeze_vision(model)
+    peft = None if s.full_finetune else lora_config(settings, model)
     args = sft_config(settings, output_dir, **config_overrides)
-    train = dataset.select_columns(list(TRAIN_COLUMNS))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
+    rows = prepare_rows(dataset, processor, s.max_length, s.length_margin, s.counterfactual_share, s.seed)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows.dataset, processing_class=processor,
                          peft_config=peft, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # it prints to stdout; our callback logs instead
     check_master_precision(trainer.model)  # fp32 master weights; bf16 only as compute (args.bf16)
+    trainer.dmms_rows = rows
     return trainer
+
+
+def base_model_for(settings: Settings, model: str, dataset, work: Path) -> str:
+    """The model to start from: ``model`` as given; empty → ``model.name_or_path`` if a checkpoint is
+    there, else the tiny profile with ``model.tiny.tokenizer_corpus=data`` builds one here from
+    scratch, its tokenizer trained on this dataset's own text (pages, names, prompts; names swapped)."""
+    if model:
+        return model
+    tiny, name = settings.model.tiny, Path(settings.model.name_or_path)
+    if settings.profile != "tiny" or tiny.tokenizer_corpus != "data" or (name / "config.json").is_file():
+        return ensure_model(settings)  # a hub id, or a checkpoint already at model.name_or_path
+    from components.agent.tiny import build_tiny_model
+
+    corpus = tokenizer_corpus(dataset["messages"], seed=settings.model.seed)
+    return str(build_tiny_model(work / "base", seed=settings.model.seed, max_pixels=settings.model.max_pixels,
+                                tiny=tiny, corpus=corpus))
+
+
+def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) -> str:
+    """Copy-pretrain the from-scratch base (:mod:`components.sft.pretrain`); save it to ``out``."""
+    s = settings.sft
+    model, processor = load_model_and_processor(model_path, settings.model)
+    config = CopyPretrainConfig(steps=s.copy_pretrain_steps, batch_size=s.copy_pretrain_batch_size,
+                                learning_rate=s.copy_pretrain_learning_rate, max_tokens=s.copy_pretrain_max_tokens,
+                                synthetic_share=s.copy_pretrain_synthetic_share, seed=s.seed)
+    copy_pretrain(model, processor, dataset["messages"], config,
+                  on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return str(out)
 
 
 def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
             work_dir: str | Path | None = None, callbacks: Sequence[TrainerCallback] = ()) -> SFTResult:
-    """Train on the dataset ``data_uri`` (version URI or name) from ``model``; publish checkpoints
-    under ``out_uri``; resume from its newest valid ``step-N`` if there is one. ``callbacks`` are
-    extra ``TrainerCallback``s (e.g. a caller's own monitoring)."""
+    """Train on the dataset ``data_uri`` (version URI or name) from ``model`` (empty: the profile's
+    model, see :func:`base_model_for`; a model built from scratch is published as ``<out>/base/``
+    for the base row of evaluation); publish checkpoints under ``out_uri``; resume from its newest
+    valid ``step-N`` if there is one. ``callbacks`` are extra ``TrainerCallback``s."""
     store = open_store(settings)
     if store.exists(join_uri(out_uri, FINAL, MANIFEST)):
         raise StorageError(f"{out_uri} already holds a final checkpoint: choose another --out")
@@ -100,9 +142,25 @@ def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
         with tracked_run(settings, "sft", tags={"dmms.data_uri": data.uri, "dmms.out_uri": out_uri}) as run:
             run.log_params({"sft.data_uri": data.uri, "sft.model": model, "sft.out_uri": out_uri,
                             "sft.resumed_from": resumed_from or ""})
+            base_uri = join_uri(out_uri, BASE)
+            if not model and store.exists(join_uri(base_uri, MANIFEST)):  # a resumed run: same base
+                model = str(fetch_version(store, base_uri, work / "base"))
+            given = model
+            model = base_model_for(settings, model, dataset, work)
+            if not given and model == str(work / "base"):  # built here from scratch
+                if settings.sft.copy_pretrain_steps:
+                    model = pretrain_base(settings, model, dataset, work / "pretrained", run)
+                publish_dir(store, Path(model), out_uri, version=BASE,
+                            metadata={"kind": "base_model", "data_uri": data.uri, "built": "from scratch"})
+                run.set_tags({"dmms.base_model_uri": base_uri})
+            run.log_params({"sft.base_model": model})
             publisher = PublishCheckpointCallback(store, out_uri)
             trainer = build_trainer(settings, dataset, model, output_dir,
                                     callbacks=[MlflowMetricsCallback(run), publisher, *callbacks])
+            rows = trainer.dmms_rows
+            run.log_metrics({"sft.rows": rows.rows, "sft.dropped_too_long": rows.dropped_too_long,
+                             "sft.max_tokens": rows.max_tokens, "sft.mean_tokens": rows.mean_tokens,
+                             "sft.counterfactual_share": rows.counterfactual_share})
             trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
             output = trainer.train(resume_from_checkpoint=resume_path)
             final_ref = publish_dir(store, save_merged(trainer, work / "final"), out_uri, version=FINAL,
@@ -114,7 +172,9 @@ def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
             return SFTResult(final_uri=final_ref.uri, manifest_sha256=sha, data_uri=data.uri,
                              global_step=trainer.state.global_step, resumed_from=resumed_from,
                              run_id=run.run_id, train_loss=output.training_loss,
-                             trainable_params=trainable, lora=not settings.sft.full_finetune)
+                             trainable_params=trainable, lora=not settings.sft.full_finetune,
+                             dropped_too_long=rows.dropped_too_long,
+                             base_model_uri=base_uri if store.exists(join_uri(base_uri, MANIFEST)) else None)
     finally:
         if work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

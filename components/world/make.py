@@ -10,8 +10,8 @@ must run and be tested with no web access. ``make_world`` writes, deterministica
 
 Search-required questions show a re-framed *view* of an entity (never the corpus file itself) or
 a composite scene (crop questions; scenes are not in the corpus). Search-free questions show
-plain shapes whose answer is computable from the pixels. Splits are disjoint by entity, scene and
-image. Same seed, byte-identical files (fixed PNG parameters, no clocks, no UUIDs). The world is
+plain shapes whose answer is computable from the pixels. Splits are disjoint by pictured entity
+(a distractor twin goes with its source; a scene holds only its split's entities), scene and image. Same seed, byte-identical files (fixed PNG parameters, no clocks, no UUIDs). The world is
 written to a temporary sibling folder and renamed into place, so a failure leaves nothing behind.
 
     dmms world make --entities 200 --seed 0 --out .dmms/world
@@ -121,9 +121,20 @@ def _write_corpus(root: Path, entities: list[Entity], by_id: dict[str, Entity],
                                    encoding="utf-8")
 
 
+def _entity_splits(entities: list[Entity], rng: random.Random) -> dict[str, list[Entity]]:
+    """Entities cut into splits with each near-duplicate distractor in its source's split: a test
+    entity's twin (same drawing, a name one vowel away) never appears in training."""
+    splits = _split_of([e for e in entities if e.distractor_of is None], rng)
+    where = {e.id: s for s, group in splits.items() for e in group}
+    for e in entities:
+        if e.distractor_of is not None:
+            splits[where[e.distractor_of]].append(e)
+    return splits
+
+
 def _entity_questions(w: _Writer, entities: list[Entity], by_id: dict[str, Entity],
                       images: dict[str, Any], rng: random.Random) -> dict[str, list[Entity]]:
-    splits = _split_of(entities, rng)
+    splits = _entity_splits(entities, rng)
     for split in SPLITS:
         for e in sorted(splits[split], key=lambda x: x.id):
             rel = w.image(split, e.id, draw.view_of(images[e.id], rng))
@@ -140,8 +151,10 @@ def _scene_questions(w: _Writer, splits: dict[str, list[Entity]], entities: list
     scene_split = _split_of(list(range(n_scenes)), rng)
     for split in SPLITS:
         for k in sorted(scene_split[split]):
-            k_tiles = rng.choice([2, 3, 4])
-            pool = splits[split] if len(splits[split]) >= k_tiles else entities
+            pool = splits[split]  # only the split's own entities: no scene leaks an entity across splits
+            k_tiles = min(rng.choice([2, 3, 4]), len(pool))
+            if k_tiles < 2:
+                continue
             members = rng.sample(sorted(pool, key=lambda x: x.id), k_tiles)
             canvas, placed = draw.compose_scene([images[e.id] for e in members], rng)
             sid = f"scene-{k:05d}"

@@ -6,6 +6,7 @@ evaluation of the base, SFT and RL checkpoints, and promotion in the local MLflo
 — with small numbers, so this checks the plumbing; whether the model learns is make run's table."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,9 @@ DMMS = str(Path(sys.executable).parent / "dmms")
 
 
 def test_dmms_run_smoke_end_to_end(tmp_path):
-    out = subprocess.run([DMMS, "run", "--pipeline", "smoke", "--param", "datagen_n=2", "--param", "eval_limit=2"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "DMMS_SFT__COPY_PRETRAIN_STEPS": "5", "DMMS_GRPO__MAX_STEPS": "2"}  # the mechanism, not the recipe
+    out = subprocess.run([DMMS, "run", "--pipeline", "smoke", "--param", "n_entities=20", "--param", "datagen_n=4",
+                          "--param", "eval_limit=2"], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "| Mode |" in out.stdout and "| rag |" in out.stdout and "| agent |" in out.stdout  # the table
     assert "eval run" in out.stdout and "promotion of the RL checkpoint" in out.stdout

@@ -172,7 +172,10 @@ def test_grpo_steps_scripted_policy_train_and_log(toolserver, world, tmp_path):
     names = set(mlc.get_run(result.run_id).data.metrics)
     assert {"loss", "reward", "rewards/correctness/mean", "rewards/format/mean", "format/rate",
             "searches/per_rollout", "searches/crop_searches_per_rollout", "tokens_per_s"} <= names
-    assert len(mlc.get_metric_history(result.run_id, "reward")) == 2
+    # per step: reward mean and std, the share of groups whose rewards do not vary (no advantage), the KL
+    for name in ("reward", "reward_std", "frac_reward_zero_std", "kl"):
+        assert len(mlc.get_metric_history(result.run_id, name)) == 2, name
+    assert settings.grpo.num_generations >= 4 and settings.grpo.beta > 0  # the tiny profile's group and KL
 
 
 def test_grpo_steps_with_the_live_tiny_policy(toolserver, world, tmp_path):
@@ -303,3 +306,32 @@ def test_grpo_runs_to_the_end_while_the_judge_fails_30_percent(toolserver, world
     assert failed_pairs > 0 and sum(m.value for m in history) == failed_pairs
     run = MlflowClient(tracking_uri=settings.tracking.uri).get_run(result.run_id)
     assert run.data.tags["dmms.judge"] == "llm:judge" and run.data.tags["dmms.judge.prompt_version"] == "v2"
+
+
+def test_cut_and_empty_responses_are_masked_and_score_zero(toolserver, world, tmp_path):
+    """Responses cut at grpo.max_response_tokens no longer end with the end-of-turn token (TRL's
+    mask_truncated_completions drops them from the loss) and both rewards score them 0; a response
+    with no token at all gets one masked end-of-turn token instead of crashing TRL's padding."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    from components.grpo.rollout import _fill_empty
+
+    model, vqa, years = world
+    settings = _settings(toolserver, world, tmp_path, max_response_tokens=20)
+    dataset = load_grpo_dataset(settings, open_store(settings), str(vqa), tmp_path / "cache")
+    trainer = build_trainer(settings, dataset, str(model), tmp_path / "out", tmp_path,
+                            generator_factory=_scripted(years))
+    assert trainer.args.mask_truncated_completions
+    rows = [dataset[i] for i in (0, 0)]
+    prompts = [prepare_multimodal_messages(r["prompt"], images=r["images"]) for r in rows]
+    out = trainer.rollout_func(prompts, trainer)
+    eos = trainer.processing_class.tokenizer.eos_token_id
+    assert all(len(ids) == 20 and ids[-1] != eos for ids in out["completion_ids"])
+    assert [t.final_answer is not None for t in trainer.rollout_func.last] == [True, True]  # the loop answered
+    kwargs = {k: v for k, v in out.items() if k not in ("prompt_ids", "completion_ids", "logprobs", "env_mask")}
+    correctness, fmt = trainer.reward_funcs
+    assert correctness(prompts, [None] * 2, answers=[r["answers"] for r in rows], **kwargs) == [0.0, 0.0]
+    assert fmt(prompts, [None] * 2, **kwargs) == [0.0, 0.0]
+    empty = {"completion_ids": [[], [5, eos]], "env_mask": [[], [1, 1]], "logprobs": [[], [-0.1, -0.2]]}
+    assert _fill_empty(empty, eos) == [True, False]
+    assert empty == {"completion_ids": [[eos], [5, eos]], "env_mask": [[0], [1, 1]], "logprobs": [[0.0], [-0.1, -0.2]]}

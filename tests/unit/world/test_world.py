@@ -83,10 +83,21 @@ def test_splits_read_back_are_disjoint_and_balanced(world, gold):
     ids = [i.id for s in items.values() for i in s]
     assert len(ids) == len(set(ids)) == len(gold["questions"])
     by_split = {q["id"]: q for q in gold["questions"]}
-    entity_sets = {s: {by_split[i.id]["entity"] for i in v if by_split[i.id]["kind"] in ("single", "multihop")}
-                   for s, v in items.items()}
-    assert not entity_sets["train"] & entity_sets["val"] and not entity_sets["train"] & entity_sets["test"]
-    assert not entity_sets["val"] & entity_sets["test"]
+    twin_of = {e["id"]: e["distractor_of"] or e["id"] for e in gold["entities"]}
+    scenes = {sc["id"]: sc for sc in gold["scenes"]}
+    pictured = {s: set() for s in items}  # every entity shown in a split's images (scenes: every tile)
+    for s, v in items.items():
+        for i in v:
+            q = by_split[i.id]
+            if q.get("scene"):
+                pictured[s] |= {p["entity"] for p in scenes[q["scene"]]["placements"]}
+            elif q["entity"]:
+                pictured[s].add(q["entity"])
+    groups = {s: {twin_of[e] for e in v} for s, v in pictured.items()}  # an entity with its distractor twin
+    assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
+    assert not groups["val"] & groups["test"]
+    assert all(sc["split"] == s for s in items for sc in scenes.values()
+               if any(by_split[i.id].get("scene") == sc["id"] for i in items[s]))
     req = Counter(q["requires_search"] for q in gold["questions"])
     assert req[True] == req[False] > 0
     kinds = Counter(q["kind"] for q in gold["questions"])

@@ -1,0 +1,58 @@
+"""Copy pretraining (components/sft/pretrain.py) on the real tiny Qwen2.5-VL, text only, on CPU.
+
+Proves: a segment starts at the row's first <information>; drills repeat their names (a copy is
+the only way to predict the second half); a few steps lower the loss, touch no vision weight and
+log through ``on_log``; rows without any search are refused.
+
+Run: ``.venv/bin/python -m pytest -q tests/unit/sft/test_pretrain.py``
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+import torch
+
+from components.agent.models import load_model_and_processor
+from components.agent.tiny import build_tiny_model
+from components.common.settings import load_settings
+from components.sft.pretrain import CopyPretrainConfig, copy_drill, copy_pretrain, copy_segment
+from tests.unit.sft.test_counterfactual import ROW
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_model_and_processor(str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")),
+                                    load_settings(profile="tiny").model)
+
+
+def test_segment_and_drills(tiny):
+    _, processor = tiny
+    seg = copy_segment(processor, ROW)
+    assert seg.startswith("<information>\nThe image most likely shows Kodiax Tower") and seg.endswith("<|im_end|>\n")
+    assert copy_segment(processor, ROW[:3]) is None
+    for seed in range(10):
+        drill = copy_drill(random.Random(seed))
+        listed = re.findall(r"(?:^|\. |\n)([A-Z][a-z]+(?: [A-Z][a-z]+)?): ", drill)
+        asked = re.findall(r"<text_search>(.*)</text_search>", drill)
+        if asked:
+            assert sorted(asked[0].split(" | ")) == sorted(listed)
+        else:
+            for name, year in re.findall(r"<reason>(.+?): (\d+)\.</reason>", drill):
+                assert f"{name}: Born: " in drill and f", {year}." in drill
+
+
+def test_a_few_steps_lower_the_loss_and_leave_vision_alone(tiny):
+    model, processor = tiny
+    vision = {n: p.detach().clone() for n, p in model.named_parameters() if "visual" in n}
+    logged = []
+    hist = copy_pretrain(model, processor, [ROW] * 4, CopyPretrainConfig(steps=30, batch_size=4, log_every=5,
+                                                                         synthetic_share=0.5),
+                         on_log=lambda step, m: logged.append(step))
+    assert logged == [5, 10, 15, 20, 25, 30] and len(hist) == 6
+    assert hist[-1]["copy_pretrain/loss"] < hist[0]["copy_pretrain/loss"]
+    assert all(torch.equal(p, vision[n]) for n, p in model.named_parameters() if "visual" in n)
+    with pytest.raises(ValueError, match="<information>"):
+        copy_pretrain(model, processor, [ROW[:3]], CopyPretrainConfig(steps=1))
