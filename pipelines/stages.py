@@ -104,7 +104,8 @@ def train_stage(b: Build, name: str):
                                       tools_url=tools_url, run_id=RUN_ID), GRPO)
             grpo.set_display_name("grpo")
             # before and after, on the same benchmark version: the base model, SFT, then RL (gated)
-            _evaluate(b, base_model, "base", world_test_uri, extra_benchmarks, modes, tools_url, eval_limit)
+            _evaluate(b, sft.outputs["base_uri"], "base", world_test_uri, extra_benchmarks, modes, tools_url,
+                      eval_limit)
             ev_sft = _evaluate(b, sft.outputs["checkpoint_uri"], "sft", world_test_uri, extra_benchmarks, modes,
                                tools_url, eval_limit, sft=sft)
             _evaluate_promote(b, grpo, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit, gate_mode,

@@ -70,8 +70,10 @@ def champion_op(run_id: str) -> str:
 
 
 def sft_op(data_uri: str, base_model: str, run_id: str, metrics: Output[Metrics]) -> NamedTuple(
-        "SFTOutputs", [("checkpoint_uri", str), ("manifest_sha256", str), ("mlflow_run_id", str)]):
-    """SFT from ``base_model`` (store URI, folder or hub id; empty: the profile's model) on ``data_uri``."""
+        "SFTOutputs", [("checkpoint_uri", str), ("manifest_sha256", str), ("mlflow_run_id", str),
+                       ("base_uri", str)]):
+    """SFT from ``base_model`` (store URI, folder or hub id; empty: the profile's model) on ``data_uri``;
+    ``base_uri`` is the model SFT started from (the base row of the before/after evaluation)."""
     import tempfile
     from collections import namedtuple
 
@@ -91,8 +93,8 @@ def sft_op(data_uri: str, base_model: str, run_id: str, metrics: Output[Metrics]
     metrics.log_metric("global_step", result.global_step)
     if result.train_loss is not None:
         metrics.log_metric("train_loss", result.train_loss)
-    out = namedtuple("SFTOutputs", ["checkpoint_uri", "manifest_sha256", "mlflow_run_id"])
-    return out(result.final_uri, result.manifest_sha256, result.run_id or "")
+    out = namedtuple("SFTOutputs", ["checkpoint_uri", "manifest_sha256", "mlflow_run_id", "base_uri"])
+    return out(result.final_uri, result.manifest_sha256, result.run_id or "", result.base_model_uri or base_model)
 
 
 def datagen_op(world_uri: str, seed_vqa_uri: str, teacher: str, n: int, tools_url: str,

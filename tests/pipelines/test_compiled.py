@@ -124,7 +124,7 @@ def test_full_dag_is_the_intended_one(compiled):
     inner = comps["comp-exit-handler-1"]["dag"]["tasks"]
     assert _deps(inner) == {
         "datagen-op": set(), "sft-op": {"datagen-op"}, "grpo-op": {"datagen-op", "sft-op"},
-        "evaluate-op": set(), "evaluate-op-2": {"sft-op"}, "evaluate-op-3": {"grpo-op", "sft-op"},
+        "evaluate-op": {"sft-op"}, "evaluate-op-2": {"sft-op"}, "evaluate-op-3": {"grpo-op", "sft-op"},
         "promote-op": {"evaluate-op-2", "evaluate-op-3", "grpo-op"}}
     # before and after on the same benchmarks: base, SFT and RL; RL is gated against SFT's evaluation
     labels = {n: inner[n]["inputs"]["parameters"]["label"]["runtimeValue"]["constant"]
