@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# torch first and pinned (FACTS.md: the 2.14.1 CUDA build runs on CPU and matches torchvision),
+# torch first and pinned (docs/facts.md: the 2.14.1 CUDA build runs on CPU and matches torchvision),
 # then the package with its dev extra under the constraints file (the resolved, tested versions).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(VENV)/bin/ruff check components pipelines tests bench
 
-# Each bench/<name>.py prints one JSON report (DESIGN.md §7) and writes bench-results/<name>.json.
+# Each bench/<name>.py prints one JSON report (docs/design.md §7) and writes bench-results/<name>.json.
 bench: $(STAMP)
 	@set -e; for f in bench/*.py; do \
 	  name=$$(basename $$f .py); \

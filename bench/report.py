@@ -1,4 +1,4 @@
-"""Write a benchmark result in the one shape DESIGN.md §7 fixes, print it, save it.
+"""Write a benchmark result in the one shape docs/design.md §7 fixes, print it, save it.
 
     from bench.report import write_report
     write_report("rollout", params={...}, metric="trajectories_per_s", ours=41.0,

@@ -8,7 +8,7 @@ same run.
 
     python -m bench.search_image [--images 500] [--queries 100] [--seed 0]
 
-Writes ``bench-results/search_image.json`` (DESIGN.md §7). The corpus generator and transforms are
+Writes ``bench-results/search_image.json`` (docs/design.md §7). The corpus generator and transforms are
 also used by ``tests/unit/search/test_image_index.py``.
 """
 

@@ -1,6 +1,6 @@
 """``full``: world (or seed data) → index → datagen → sft → grpo → evaluate → promote, on GPU node pools.
 
-The paper's run (DESIGN.md §1): 10k DeepMMSearchVQA samples, profile ``paper`` in every pod, SFT,
+The paper's run (docs/design.md §1): 10k DeepMMSearchVQA samples, profile ``paper`` in every pod, SFT,
 GRPO and evaluation on the GPU pool. ``seed_vqa_uri`` (a VQA set in the store, e.g. converted
 InfoSeek) replaces the world's train split as datagen's seed; the world still feeds the index and
 its test split the evaluation. Build: ``build(load_settings())``; compile: ``dmms compile``.

@@ -1,6 +1,6 @@
 """Run the agent loop over a VQA set and write trajectories (JSONL) + images: ``dmms agent run``.
 
-Why: the building block datagen and evaluation call — one VQA set (DESIGN.md §5) in, one folder
+Why: the building block datagen and evaluation call — one VQA set (docs/design.md §5) in, one folder
 out: ``trajectories.jsonl`` (one :class:`Trajectory` a line, in the order of the set) and
 ``images/<sha256>.png`` (input images and the crops the tool-server searched, named by the content
 hash the records refer to). Written into a temporary folder and renamed: never half-written.

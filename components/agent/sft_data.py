@@ -1,7 +1,7 @@
 """The DeepMMSearchVQA dataset format: trajectories → parquet rows → a versioned dataset → ``datasets``.
 
 Why: datagen writes the dataset, SFT and GRPO read it, reports read its trajectories. One module
-fixes the columns and the I/O (DESIGN.md §5): ``datasets/<name>/<version>/{manifest.json,
+fixes the columns and the I/O (docs/design.md §5): ``datasets/<name>/<version>/{manifest.json,
 part-*.parquet}`` in the object store, images as bytes inside the parquet, the manifest written
 last (a version without one does not exist), every part's sha256 checked on fetch.
 

@@ -40,7 +40,7 @@ SPECIAL_TOKENS = (
     "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 )
-# The agent protocol's tags (DESIGN.md §2, from the protocol module) become single, NON-special
+# The agent protocol's tags (docs/design.md §2, from the protocol module) become single, NON-special
 # tokens so they survive decoding with skip_special_tokens=True.
 # Tiny architecture (the defaults of ``model.tiny``). Text: head_dim = 64 / 4 = 16, so mrope_section sums
 # to 8 (Qwen's 1:1.5:1.5).

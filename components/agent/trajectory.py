@@ -1,4 +1,4 @@
-"""The trajectory record of one agent run, and format scoring (DESIGN.md §2).
+"""The trajectory record of one agent run, and format scoring (docs/design.md §2).
 
 Why: datagen writes trajectories, SFT trains on them, GRPO scores and trains on them, evaluation
 reports them; one pydantic record (JSON-serialisable) keeps them compatible. Images are kept out
@@ -15,7 +15,7 @@ Typical use in the agent loop::
     ...
     traj.finish(state.end_reason())
 
-SFT form (decided once, see FACTS.md): ``to_sft_messages()`` returns every message with STRING
+SFT form (decided once, see docs/facts.md): ``to_sft_messages()`` returns every message with STRING
 content and no image element; the dataset row is ``{"messages": traj.to_sft_messages(),
 "images": [input image]}``. TRL's ``prepare_multimodal_messages`` then puts the one image before
 the first user message's text, which is exactly where ``initial_messages`` put it at rollout.

@@ -1,4 +1,4 @@
-"""The VQA-set format (DESIGN.md §5): validate, read and write ``vqa.jsonl`` + image files.
+"""The VQA-set format (docs/design.md §5): validate, read and write ``vqa.jsonl`` + image files.
 
 Why: seed data (the offline world, InfoSeek, FVQA) and benchmarks all meet datagen and evaluation
 in one shape — a folder with ``vqa.jsonl`` (one :class:`VQAItem` a line, ``image`` relative to the
@@ -30,7 +30,7 @@ class VQAError(ValueError):
 
 
 class VQAItem(BaseModel):
-    """One question about one image (DESIGN.md §5); unknown extra keys are ignored."""
+    """One question about one image (docs/design.md §5); unknown extra keys are ignored."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -69,7 +69,7 @@ def read_vqa(path: Path, check_images: bool = True) -> list[VQAItem]:
     """Items of a VQA set (folder or its ``vqa.jsonl``); refuses a corrupt file with a clear error."""
     file = _jsonl_path(path)
     if not file.is_file():
-        raise VQAError(f"{file} does not exist: a VQA set is a folder with vqa.jsonl (DESIGN.md §5)")
+        raise VQAError(f"{file} does not exist: a VQA set is a folder with vqa.jsonl (docs/design.md §5)")
     root = file.parent
     items: list[VQAItem] = []
     seen: dict[str, int] = {}

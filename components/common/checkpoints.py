@@ -3,7 +3,7 @@
 Why: a preempted GPU pod or a killed process must resume where it stopped, and both trainers are
 HF Trainers. Every ``save_steps`` the Trainer's own checkpoint folder (weights, optimizer,
 scheduler, RNG, trainer state) is published atomically as ``<out>/step-N/`` (parts first,
-``manifest.json`` last: DESIGN.md §5, a version without its manifest does not exist); a restarted
+``manifest.json`` last: docs/design.md §5, a version without its manifest does not exist); a restarted
 run fetches the newest VALID one (every part's sha256 checked; corrupt ones are skipped) and hands
 it to ``trainer.train(resume_from_checkpoint=...)``. The final model is saved with LoRA merged so
 vLLM can serve it.

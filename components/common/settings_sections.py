@@ -223,7 +223,7 @@ class ModelSettings(_Section):
 
 
 class AgentSettings(_Section):
-    """The tag protocol's limits (DESIGN.md §2)."""
+    """The tag protocol's limits (docs/design.md §2)."""
 
     max_tool_calls: int = Field(10, ge=0, description="Tool calls per trajectory (paper: 10).")
     max_image_searches: int = Field(1, ge=0, description="Image searches per trajectory (paper: 1).")
@@ -297,7 +297,7 @@ class EvaluateSettings(_Section):
 
 
 class GRPOSettings(_Section):
-    """Online RL (components/grpo): TRL GRPOTrainer with the agent loop as rollout_func (DESIGN.md §1)."""
+    """Online RL (components/grpo): TRL GRPOTrainer with the agent loop as rollout_func (docs/design.md §1)."""
 
     num_generations: int = Field(8, ge=2, description="Rollouts per prompt, the GRPO group (paper: 8).")
     epochs: float = Field(30.0, gt=0, description="Epochs over the RL prompts (paper §4.1: 30; App. D says 20).")

@@ -3,7 +3,7 @@
 Why: datagen, SFT, GRPO, evaluation and promotion each open ONE MLflow run with the same tags
 (profile, step, git sha, KFP run id) and the same masked settings as params, and the registry holds
 small *pointers* to checkpoints (``checkpoint.json`` with the object-store URI and manifest sha256),
-not 15 GB of weights: checkpoints already live content-addressed in the object store (DESIGN.md §5).
+not 15 GB of weights: checkpoints already live content-addressed in the object store (docs/design.md §5).
 
 Use::
 

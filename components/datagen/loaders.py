@@ -1,4 +1,4 @@
-"""Seed loaders: real VQA data converted to our VQA format (DESIGN.md §5).
+"""Seed loaders: real VQA data converted to our VQA format (docs/design.md §5).
 
 Why: the paper seeds DeepMMSearchVQA with InfoSeek and trains GRPO on MMSearch-R1's FVQA train
 set. These loaders read them in their released shapes and write a VQA set (``vqa.jsonl`` +

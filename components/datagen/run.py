@@ -1,7 +1,7 @@
 """The datagen step: seed VQA -> teacher through the agent loop -> filters -> taxonomy + balance ->
 DeepMMSearchVQA, a versioned dataset in the object store, tracked in MLflow.
 
-Why: this is the paper's data pipeline (DESIGN.md §3) as one pure, typed core that the CLI
+Why: this is the paper's data pipeline (docs/design.md §3) as one pure, typed core that the CLI
 (``dmms datagen``) and the KFP component call. Every failure before publishing — a corrupt seed
 file, an unreachable teacher or tool-server, nothing left after the filters — raises
 :class:`DatagenError` (or :class:`VQAError`) with what to change, and publishes nothing: the

@@ -1,6 +1,6 @@
 """Benchmark loaders: the paper's six benchmarks, from their RELEASED formats, into our VQA format.
 
-Why: evaluation reads ONE format (DESIGN.md §5: a folder with ``vqa.jsonl`` + images), so every
+Why: evaluation reads ONE format (docs/design.md §5: a folder with ``vqa.jsonl`` + images), so every
 benchmark is converted once, sub-sampled deterministically if asked (the paper used 2,000 items of
 InfoSeek and Enc-VQA), and fingerprinted (``version``: sha256 over the items and image bytes) so
 that two evaluations can prove they ran on the same benchmark version before they are compared.
@@ -63,7 +63,7 @@ class BenchmarkError(ValueError):
 
 
 class BenchItem(BaseModel):
-    """One VQA item (DESIGN.md §5); ``image`` is relative to the benchmark folder."""
+    """One VQA item (docs/design.md §5); ``image`` is relative to the benchmark folder."""
 
     id: str
     image: str

@@ -1,6 +1,6 @@
 """Map our settings tree onto TRL's ``GRPOConfig`` (and peft's ``LoraConfig``) — in ONE place each.
 
-Why: STYLE.md habit 2. ``settings.grpo`` holds the knobs the paper names (rollouts per prompt, KL,
+Why: docs/contributing.md habit 2. ``settings.grpo`` holds the knobs the paper names (rollouts per prompt, KL,
 clip, lr, max response, reward weights) and :func:`grpo_config` turns them into a ``GRPOConfig``.
 What the GRPO step must always do is decided here, so the core, the benchmark's plain-TRL baseline
 and the tests train with the same config:

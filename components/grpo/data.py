@@ -7,7 +7,7 @@ protocol's initial messages — system prompt and first user turn — with STRIN
 only image that reaches the loss), ``answers`` and ``question`` (read by the rewards) and ``id``.
 
 The rows come from either
-- a VQA set folder (``vqa.jsonl`` + images, DESIGN.md §5) — the paper's RL data was a separate VQA
+- a VQA set folder (``vqa.jsonl`` + images, docs/design.md §5) — the paper's RL data was a separate VQA
   set (MMSearch-R1's FVQA train split); or
 - a DeepMMSearchVQA dataset version (name or URI in the object store): its questions, answers
   and input images (the recorded conversations are not used).

@@ -1,7 +1,7 @@
 """The GRPO ``rollout_func``: TRL's extension point driven by OUR agent loop (multi-turn, real tools).
 
 Why: TRL 1.16's built-in tool loop only knows Qwen3-style ``<tool_call>`` JSON; our tag protocol
-runs through ``rollout_func(prompts, trainer) -> dict`` (see ../shared/FACTS.md). For every prompt
+runs through ``rollout_func(prompts, trainer) -> dict`` (see docs/facts.md). For every prompt
 (TRL already repeated each one ``num_generations`` times; we return one row per prompt, in order)
 the agent loop plays a whole trajectory against the tool-server over HTTP, and
 :func:`components.agent.rollout.to_rollout_output` turns the trajectories into ``prompt_ids``,

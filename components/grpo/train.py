@@ -1,7 +1,7 @@
 """The GRPO step's core: TRL ``GRPOTrainer`` with the agent loop as ``rollout_func``, resumable, tracked.
 
 Why: after the SFT cold start the paper trains online with GRPO: the policy runs the real tools,
-and is rewarded 0.9 · correct + 0.1 · format (DESIGN.md §1). This runs it through TRL's extension
+and is rewarded 0.9 · correct + 0.1 · format (docs/design.md §1). This runs it through TRL's extension
 points only (``rollout_func`` and plain reward functions; no vendoring): 8 rollouts per prompt,
 KL 0.001, clip 0.2, lr 2e-6 in the ``paper`` profile (vLLM rollout server on GPU), tiny values on
 CPU. Every ``save_steps`` the Trainer's checkpoint is published atomically as ``<out>/step-N/``; a

@@ -1,4 +1,4 @@
-"""The search tool-server's FastAPI app (API: DESIGN.md §5; OpenAPI at ``/openapi.json``).
+"""The search tool-server's FastAPI app (API: docs/design.md §5; OpenAPI at ``/openapi.json``).
 
     app = create_app(load_settings(), ".dmms/index")
     uvicorn.run(app, host="127.0.0.1", port=8080)        # or: dmms tools serve --index .dmms/index

@@ -1,7 +1,7 @@
 """Errors the tool-server maps to HTTP answers: bad input → 4xx, upstream trouble → 502/504.
 
 Each carries a stable ``code`` (machine-readable) and a message that says what to change; the app
-renders them as ``{"error": {"code", "message"}}`` (DESIGN.md §5).
+renders them as ``{"error": {"code", "message"}}`` (docs/design.md §5).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Grounding for crop search: turn the model's ``region`` into a pixel box and crop the image.
 
-Why: ``<img_search>`` may name a region of the input image (DESIGN.md §2). The model writes it as
+Why: ``<img_search>`` may name a region of the input image (docs/design.md §2). The model writes it as
 
 * a box ``[x1, y1, x2, y2]`` in absolute pixels of the image sent (Qwen2.5-VL grounds natively in
   absolute pixels) — a JSON list or the same text (``"[10, 20, 200, 180]"``); it is clamped to the

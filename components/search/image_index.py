@@ -46,10 +46,10 @@ class ImageIndexError(ValueError):
 
 
 def read_image_rows(corpus_dir: Path) -> list[dict[str, Any]]:
-    """Rows of ``images.jsonl`` (DESIGN.md §5), checked: id, path, doc_id, title present, ids unique."""
+    """Rows of ``images.jsonl`` (docs/design.md §5), checked: id, path, doc_id, title present, ids unique."""
     path = corpus_dir / "images.jsonl"
     if not path.is_file():
-        raise ImageIndexError(f"{path} does not exist: a corpus needs images.jsonl (DESIGN.md §5)")
+        raise ImageIndexError(f"{path} does not exist: a corpus needs images.jsonl (docs/design.md §5)")
     rows, seen = [], set()
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

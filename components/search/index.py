@@ -47,7 +47,7 @@ def build_index(corpus: str, out: str, settings: Settings) -> dict[str, Any]:
 
             corpus_dir = open_store(settings).download_dir(corpus, Path(tmp, "corpus"))
         if not corpus_dir.is_dir():
-            raise IndexFormatError(f"corpus {corpus} is not a folder (DESIGN.md §5: docs.jsonl, images.jsonl)")
+            raise IndexFormatError(f"corpus {corpus} is not a folder (docs/design.md §5: docs.jsonl, images.jsonl)")
         if _is_remote(out):
             from components.common.storage import join_uri, open_store
 

@@ -1,4 +1,4 @@
-"""Summaries of search results, focused on the query (DESIGN.md §1: image 4–5 sentences, text 10–12).
+"""Summaries of search results, focused on the query (docs/design.md §1: image 4–5 sentences, text 10–12).
 
 Two real implementations, chosen by settings and named in the logs:
 - :class:`LLMSummariser` — any OpenAI-compatible chat endpoint (``DMMS_TOOLS__SUMMARISER__BASE_URL``),

@@ -35,7 +35,7 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 class IndexFormatError(ValueError):
-    """A corpus or index folder is not in the DESIGN.md §5 format; the message says what is wrong."""
+    """A corpus or index folder is not in the docs/design.md §5 format; the message says what is wrong."""
 
 
 def words(text: str) -> list[str]:
@@ -102,7 +102,7 @@ class TextIndex:
     ) -> TextIndex:
         """Index every doc of ``docs_path`` into a fresh folder ``out_dir``."""
         if not docs_path.is_file():
-            raise IndexFormatError(f"{docs_path} is missing: a corpus needs docs.jsonl (DESIGN.md §5)")
+            raise IndexFormatError(f"{docs_path} is missing: a corpus needs docs.jsonl (docs/design.md §5)")
         out_dir.mkdir(parents=True, exist_ok=True)
         index = tantivy.Index(_schema(), path=str(out_dir), reuse=False)
         count = cls._write(index, iter_docs(docs_path), heap_bytes, threads)

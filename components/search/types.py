@@ -1,4 +1,4 @@
-"""Shared result types of the search tool-server (DESIGN.md §5).
+"""Shared result types of the search tool-server (docs/design.md §5).
 
 Every backend (local tantivy/image index, web APIs) returns these, the HTTP app serialises them, and the client
 parses them back, so the wire format lives in one place. Import-only module: nothing to run.
@@ -30,7 +30,7 @@ class ImageHit(BaseModel):
     score: float = Field(description="Similarity score, higher is better.")
 
 
-# ---- HTTP API (DESIGN.md §5) -----------------------------------------------------------------
+# ---- HTTP API (docs/design.md §5) -----------------------------------------------------------------
 
 class TextSearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")

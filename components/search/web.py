@@ -1,6 +1,6 @@
 """Web search backends of the tool-server: SearXNG, Brave, Serper (text) and SerpApi Google Lens (image).
 
-Why: on a real deployment the agent searches the live web (DESIGN.md §1); these backends map each
+Why: on a real deployment the agent searches the live web (docs/design.md §1); these backends map each
 vendor's JSON onto our :class:`TextHit` / :class:`ImageHit` so the server does not care which is
 configured (``tools.text_backend``, ``tools.image_backend``). Every call has a timeout
 (``tools.web_timeout_s``) and bounded retries with exponential backoff on 429/5xx and transport

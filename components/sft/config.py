@@ -1,6 +1,6 @@
 """Map our settings tree onto TRL's ``SFTConfig`` and peft's ``LoraConfig`` — in ONE place each.
 
-Why: STYLE.md habit 2: we never re-declare TRL's fields; ``settings.sft`` holds the knobs the
+Why: docs/contributing.md habit 2: we never re-declare TRL's fields; ``settings.sft`` holds the knobs the
 paper names (epochs, lr, scheduler, warmup, batch, LoRA) and :func:`sft_config` turns them into an
 ``SFTConfig``. Everything the SFT step must always do (loss only on assistant turns, no TRL
 ``report_to`` — our own MLflow callback logs — no bf16 or gradient checkpointing on CPU) is decided

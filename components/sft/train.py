@@ -1,6 +1,6 @@
 """The SFT step's core: TRL ``SFTTrainer`` on a DeepMMSearchVQA version, resumable, tracked.
 
-Why: the paper's cold start teaches the model when and how to search. This runs it (DESIGN.md §1:
+Why: the paper's cold start teaches the model when and how to search. This runs it (docs/design.md §1:
 LoRA r=8 on every linear layer of the language model, vision tower + projector frozen, loss only
 on the model's turns), and makes it survive preemption: every ``save_steps`` the Trainer's own
 checkpoint folder (weights/adapter, optimizer, scheduler, RNG, trainer state) is published

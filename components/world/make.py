@@ -3,8 +3,8 @@
 Why: everything downstream (tool-server, datagen with the oracle teacher, SFT, GRPO, evaluation)
 must run and be tested with no web access. ``make_world`` writes, deterministically for a seed:
 
-    OUT/corpus/docs.jsonl, images.jsonl, images/<entity>.png       (DESIGN.md §5 corpus)
-    OUT/vqa/{train,val,test}/vqa.jsonl, images/*.png              (DESIGN.md §5 VQA sets)
+    OUT/corpus/docs.jsonl, images.jsonl, images/<entity>.png       (docs/design.md §5 corpus)
+    OUT/vqa/{train,val,test}/vqa.jsonl, images/*.png              (docs/design.md §5 VQA sets)
     OUT/world.json   entities with facts and links; scenes with boxes; every question's gold
                      entity, hop chain and crop box (what the oracle teacher plans from)
 

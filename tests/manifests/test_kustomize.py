@@ -1,6 +1,6 @@
 """Render every kustomize overlay and check what a cluster would refuse or regret.
 
-Runs ``kubectl kustomize`` (offline; FACTS.md: kubectl 1.32 with kustomize v5.5) and validates every
+Runs ``kubectl kustomize`` (offline; docs/facts.md: kubectl 1.32 with kustomize v5.5) and validates every
 rendered object against the official Kubernetes schemas with kubernetes-validate (strict: unknown
 fields are errors). No cluster runs here, so these are object-level checks: security contexts,
 probes, resources, Secret placeholders, references that must resolve, and NetworkPolicy selectors.

@@ -1,4 +1,4 @@
-"""The agent's tag protocol (DESIGN.md §2): tags, turn parser, canonical renderer, limits, prompts.
+"""The agent's tag protocol (docs/design.md §2): tags, turn parser, canonical renderer, limits, prompts.
 
 Why: datagen, the agent loop, GRPO rewards and evaluation must agree on what a model turn means.
 This module (with :mod:`components.agent.trajectory` for the record) is the ONLY place that knows

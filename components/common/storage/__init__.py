@@ -1,7 +1,7 @@
 """The object store: one small API over ``s3://bucket/key`` and local paths, with the same semantics.
 
 Why: datasets and checkpoints live in a local folder on one machine (the embedded default) and in
-MinIO/SeaweedFS on Kubernetes (DESIGN.md §5, §6). Every step reads and writes them through this
+MinIO/SeaweedFS on Kubernetes (docs/design.md §5, §6). Every step reads and writes them through this
 module, so a URI is all a step needs, and a version without a ``manifest.json`` never exists.
 
     store = open_store(load_settings())          # or open_store(settings.storage)

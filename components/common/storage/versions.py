@@ -29,7 +29,7 @@ from components.common.storage.store import (
 
 log = logging.getLogger(__name__)
 
-# ---- versions (DESIGN.md §5): parts first, manifest.json last ----------------------------------
+# ---- versions (docs/design.md §5): parts first, manifest.json last ----------------------------------
 
 
 class FileEntry(BaseModel):
