@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -107,6 +108,9 @@ def run_local(settings: Settings, name: str = "smoke", overrides: dict[str, Any]
         raise LocalRunError(f"unknown parameter(s) {unknown} of pipeline {name}: use {sorted(p.params)}")
     root = Path(settings.pipelines.local_root).resolve()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars between our lines
+    # the local runner warns on every task that our images are not plain Python ones: true, and the
+    # point of running the same components here (the tasks use this environment instead)
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     started_ms, t0 = int(time.time() * 1000), time.perf_counter()
     with step_lines(Path(settings.pipelines.local_root).parent / "logs", verbose) as log_path:
