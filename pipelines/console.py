@@ -43,6 +43,8 @@ class StepReporter(io.TextIOBase):
     def write(self, s: str) -> int:
         self.log.write(s)
         self._buf += s
+        if "\n" in s:
+            self.log.flush()  # the log is what a person tails while a long step runs
         while "\n" in self._buf:
             line, self._buf = self._buf.split("\n", 1)
             self._line(_ANSI.sub("", line))
