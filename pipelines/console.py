@@ -36,6 +36,7 @@ class StepReporter(io.TextIOBase):
         self._buf = ""
         self._started: dict[str, float] = {}
         self.failed: list[str] = []
+        self._tty = bool(getattr(out, "isatty", lambda: False)())
 
     def writable(self) -> bool:
         return True
@@ -59,12 +60,14 @@ class StepReporter(io.TextIOBase):
             self.out.write(f"pipeline {m.group(1)}\n")
         elif m := _START.search(line):
             self._started[m.group(1)] = time.monotonic()
+            if self._tty:  # a person watching: say what runs now; the result line overwrites it
+                self.out.write(f"  {m.group(1):<28} running… (tail -f {self.log.name})")
         elif m := _END.search(line):
             name, status = m.group(1), m.group(2)
             took = time.monotonic() - self._started.pop(name, time.monotonic())
             if status != "SUCCESS":
                 self.failed.append(name)
-            self.out.write(f"  {name:<28} {status:<8} {took:7.1f} s\n")
+            self.out.write(("\r\x1b[2K" if self._tty else "") + f"  {name:<28} {status:<8} {took:7.1f} s\n")
         self.out.flush()
 
 
