@@ -8,6 +8,13 @@ atomically as ``<out>/step-N/``; a restarted run fetches the newest VALID one an
 The final model (LoRA merged, with processor, tokenizer and chat template, so vLLM can serve it)
 is published as ``<out>/final/``. Metrics go to the step's MLflow run every logging step.
 
+For a model trained from scratch (the tiny profile) the step also builds the base model from the
+dataset it trains on (tokenizer on the data's own text; :func:`base_model_for`), copy-pretrains it
+(:mod:`components.sft.pretrain`), publishes it as ``<out>/base/`` (the evaluation's base row),
+trains the vision tower too (``sft.train_vision``) and swaps each row's names afresh on every
+access (``sft.counterfactual_share``, :mod:`components.sft.counterfactual`). Rows longer than
+``sft.max_length`` are dropped and counted (``sft.dropped_too_long`` in MLflow), never truncated.
+
 Registration in the model registry is left to the promote step (it decides what becomes a
 challenger); this run records ``dmms.checkpoint_uri`` and the manifest sha256 as run tags.
 
