@@ -19,7 +19,9 @@ from pipelines.catalog import PipelineDef
 from pipelines.full import DEFAULTS as FULL_DEFAULTS
 from pipelines.full import build_train_pipeline
 
-DEFAULTS: dict[str, Any] = {**FULL_DEFAULTS, "n_entities": 400, "datagen_n": 2000, "eval_limit": 0}
+# modes: the before/after table reads agent and direct (tools off); RAG is the full pipeline's extra baseline
+DEFAULTS: dict[str, Any] = {**FULL_DEFAULTS, "n_entities": 400, "datagen_n": 2000, "eval_limit": 0,
+                            "modes": "direct,agent"}
 
 
 def build(settings: Settings, cluster: bool = True) -> PipelineDef:
