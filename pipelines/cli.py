@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         from pipelines.results import format_table
 
         if result.table_md:
-            typer.echo("\nThe evaluated checkpoint, per benchmark and mode (accuracy %, 95% CI, n):")
+            typer.echo("\nThe RL checkpoint, per benchmark and mode (accuracy %, 95% CI, n):")
             typer.echo(result.table_md, nl=False)
         if result.results.get("rows"):
             typer.echo("\nBefore and after training, on the same questions:")

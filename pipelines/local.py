@@ -138,8 +138,10 @@ def _collect(settings: Settings, result: LocalResult) -> None:
     exp = mlc.get_experiment_by_name(settings.tracking.experiment)
     if exp is None:
         return
-    runs = mlc.search_runs([exp.experiment_id], "tags.`dmms.step` = 'evaluate'", max_results=1,
-                           order_by=["attributes.start_time DESC"])  # the last: RL's (or the one evaluated)
+    runs = (mlc.search_runs([exp.experiment_id], "tags.`dmms.step` = 'evaluate' and tags.`dmms.checkpoint` = 'rl'",
+                            max_results=1, order_by=["attributes.start_time DESC"])  # the gated one
+            or mlc.search_runs([exp.experiment_id], "tags.`dmms.step` = 'evaluate'", max_results=1,
+                               order_by=["attributes.start_time DESC"]))
     if not runs:
         return
     run = runs[0]
