@@ -72,8 +72,11 @@ def test_bf16_weights_round_the_updates_away(tiny, tmp_path):
 
 def test_settings_refuse_full_finetuning_of_low_precision_weights():
     with pytest.raises(SettingsError, match="DMMS_MODEL__DTYPE=bfloat16 with DMMS_GRPO__FULL_FINETUNE=true"):
-        load_settings(profile="tiny", model={"dtype": "bfloat16"})
-    ok = load_settings(profile="tiny", model={"dtype": "bfloat16"}, grpo={"full_finetune": False})
+        load_settings(profile="tiny", model={"dtype": "bfloat16"}, sft={"full_finetune": False})
+    with pytest.raises(SettingsError, match="DMMS_MODEL__DTYPE=bfloat16 with DMMS_SFT__FULL_FINETUNE=true"):
+        load_settings(profile="tiny", model={"dtype": "bfloat16"}, sft={"full_finetune": True})
+    ok = load_settings(profile="tiny", model={"dtype": "bfloat16"}, sft={"full_finetune": False},
+                       grpo={"full_finetune": False})
     assert ok.model.dtype == "bfloat16"  # LoRA over a bf16 base: the adapters are fp32 (peft)
 
 
@@ -84,7 +87,8 @@ def test_paper_profile_keeps_fp32_masters_and_bf16_compute():
 
 def test_steps_refuse_bf16_trainable_weights(tiny):
     model, _ = load_model_and_processor(str(tiny), load_settings(
-        profile="tiny", model={"dtype": "bfloat16"}, grpo={"full_finetune": False}).model)
+        profile="tiny", model={"dtype": "bfloat16"}, sft={"full_finetune": False},
+        grpo={"full_finetune": False}).model)
     with pytest.raises(ValueError, match="not float32: load the model with DMMS_MODEL__DTYPE=float32"):
         check_master_precision(model)
     freeze_vision(model)
