@@ -7,7 +7,7 @@ the promotion gates decided. Everything is read back from MLflow (the evaluation
 run made, tagged ``dmms.checkpoint``), so the table is what the tracking server holds.
 
     results = collect_results(settings, since_ms=t0_ms, wall_s={"data": 12.0})
-    print(format_table(results)); write_results(results, Path(".dmms/results.json"))
+    text = format_table(results); write_results(results, Path(".dmms/results.json"))
 
 ``results.json``: ``{"rows": [{"checkpoint", "mode", "split", "n", "accuracy", "ci95", "searches_per_question",
 "search_decision", "format_error_rate"}], "wall_s": {step: s}, "champion": {"version", "checkpoint_uri",
