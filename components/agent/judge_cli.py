@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from components.agent.judging import JudgeConfigError, JudgeItem, ajudge_many, judge_tags, make_judge
 from components.agent.llm_judge import LLMJudge
@@ -25,6 +26,17 @@ from components.agent.llm_judge import LLMJudge
 
 class JudgeInputError(ValueError):
     """A row of the input cannot be judged; the message names the file and line."""
+
+
+class JudgeRow(BaseModel):
+    """One input row; other keys are kept and written back unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    question: str
+    answers: list[str] = Field(min_length=1)
+    prediction: str | None = None
+    answer_range: tuple[float, float] | None = None
 
 
 def read_rows(path: Path) -> list[tuple[dict, JudgeItem]]:
@@ -35,20 +47,12 @@ def read_rows(path: Path) -> list[tuple[dict, JudgeItem]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise JudgeInputError(f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        answers = row.get("answers") if isinstance(row, dict) else None
-        if (not isinstance(row, dict) or not isinstance(row.get("question"), str)
-                or not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers)
-                or not isinstance(row.get("prediction", ""), str | type(None))):
-            raise JudgeInputError(f'{path}:{n}: a row is {{"question": str, "answers": [str, ...], '
-                                  f'"prediction": str}}')
-        rng = row.get("answer_range")
-        if rng is not None and not (isinstance(rng, list) and len(rng) == 2
-                                    and all(isinstance(v, int | float) for v in rng)):
-            raise JudgeInputError(f"{path}:{n}: answer_range is [lo, hi] (two numbers)")
-        out.append((row, JudgeItem(row["question"], answers, row.get("prediction"), tuple(rng) if rng else None)))
+            row = JudgeRow.model_validate_json(line)
+        except ValidationError as exc:
+            errs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
+            raise JudgeInputError(f'{path}:{n}: {errs} (a row is {{"question": str, "answers": [str, ...], '
+                                  f'"prediction": str}})') from None
+        out.append((json.loads(line), JudgeItem(row.question, row.answers, row.prediction, row.answer_range)))
     return out
 
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from components.agent import answers as A
 
 normalise = A.normalise  # re-exported: callers compare answers through the judge module
-GIVE_UP_MARKERS = A.GIVE_UP_MARKERS
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ ALLOWED = {
     # the offline world is a base layer too: datagen's oracle reads it, SFT draws fresh names from it
     **{step: {"common", "search", "world", "agent"} for step in STEPS},
 }
-EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _imports(path: Path) -> set[str]:
@@ -46,7 +45,7 @@ def test_every_core_imports_only_what_its_layer_may():
             if top[0] in ("pipelines", "kfp"):
                 bad.append(f"{rel}: imports {module} (no core imports pipelines or kfp)")
             elif top[0] == "components" and len(top) > 1 and top[1] != layer and top[1] in ALLOWED:
-                if top[1] not in ALLOWED[layer] and (layer, top[1]) not in EXCEPTIONS:
+                if top[1] not in ALLOWED[layer]:
                     bad.append(f"{rel}: imports {module} ({layer} may use {sorted(ALLOWED[layer]) or 'nothing'})")
     assert not bad, "\n".join(bad)
 
