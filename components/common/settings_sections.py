@@ -266,6 +266,22 @@ class SFTSettings(_Section):
     copy_pretrain_max_tokens: int = Field(192, ge=16, description="Copy pretraining: tokens per sequence.")
     copy_pretrain_synthetic_share: float = Field(
         0.3, ge=0, le=1, description="Copy pretraining: share of synthetic copy drills among the sequences.")
+    group_by_length: bool = Field(
+        False, description="Batch rows of similar token length together (transformers' length-grouped "
+        "sampler, randomised in mega-batches): less padding, faster steps; off: uniformly random batches.")
+    visual_pretrain_steps: int = Field(
+        0, ge=0, description="Steps of visual pretraining on freshly drawn search-free images "
+        "(components/sft/visual.py) after copy pretraining, for a model the SFT step builds from scratch "
+        "(its vision tower is random); 0: none (paper: a pretrained vision encoder).")
+    visual_pretrain_batch_size: int = Field(32, ge=1, description="Visual pretraining: rows per step.")
+    visual_pretrain_learning_rate: float = Field(2e-3, gt=0, description="Visual pretraining: peak learning rate.")
+    redraw_visual: bool = Field(
+        False, description="Give the world's search-free picture rows a fresh image of their kind, with the "
+        "matching answer, on every access (components/sft/visual.py); off (paper): rows as generated.")
+    direct_share: float = Field(
+        0.0, ge=0, le=1, description="Share of rows shown, on each access, in the no-tools form of "
+        "evaluation's direct mode (its prompt; the row's answer when it needs no search, else the give-up "
+        "answer), so that baseline is not out of distribution. 0 (paper): agent rows only.")
     counterfactual_share: float = Field(
         0.0, ge=0, le=1, description="Share of rows whose invented names, numbers and fact phrases are "
         "swapped for fresh ones on every access (components/sft/counterfactual.py): memorising no longer "

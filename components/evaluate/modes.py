@@ -4,9 +4,13 @@ Why these three: they are the paper's baselines (Table 1) — what the model kno
 fixed "search the image, then the question" pipeline adds, and what on-demand search adds. Each
 mode answers one :class:`BenchItem` and returns an :class:`EvalSample` that the judge has scored.
 
-- direct: one model turn; the prompt (``prompts/direct_v1.txt``) asks for ``<reason>`` + ``<answer>``.
+- direct: one model turn; the prompt (``baseline_direct.txt`` of the agent's prompt version,
+  :func:`components.agent.protocol.baseline_messages`) asks for ``<reason>`` + ``<answer>``.
 - rag: whole-image search, then a text search with the question, then one model turn with both
-  results in ``<information>`` blocks (``prompts/rag_v1.txt``). Tool failures become text.
+  results in ``<information>`` blocks (``baseline_rag.txt``). Tool failures become text.
+
+The baselines use the same prompt version as the agent (``DMMS_AGENT__PROMPT_VERSION``): a model
+trained on the short ``t1`` wording meets ``t1`` in every mode.
 - agent: the agent loop (``components/agent/loop.py``), run by :mod:`components.evaluate.agent_mode`.
 
 The model's turn is read with the protocol's parser (:func:`parse_turn`), as in agent mode: the
@@ -17,45 +21,20 @@ and "no answer" (never its raw text judged), so no mode gets credit the others c
 from __future__ import annotations
 
 import time
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from PIL import Image
 
 from components.agent.judges import Verdict
 from components.agent.judging import Judge
-from components.agent.protocol import GIVE_UP_ANSWER, ActionKind, defuse, parse_turn
+from components.agent.protocol import PROMPT_VERSION, ActionKind, baseline_messages, parse_turn
 from components.evaluate.benchmarks import BenchItem
 from components.evaluate.generate import Generator
 from components.evaluate.records import EvalSample, TurnRecord
 from components.search.client import ToolClient
 
 MODES = ("direct", "rag", "agent")
-PROMPT_VERSION = "v1"
-
-
-@cache
-def _env() -> jinja2.Environment:
-    loader = jinja2.FunctionLoader(
-        lambda name: resources.files("components.evaluate").joinpath("prompts", name).read_text())
-    return jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
-                              trim_blocks=True, lstrip_blocks=True)
-
-
-def render(name: str, **values: Any) -> str:
-    return _env().get_template(f"{name}_{PROMPT_VERSION}.txt").render(give_up=GIVE_UP_ANSWER, **values).strip()
-
-
-def build_messages(mode: str, question: str, information: list[str] = ()) -> list[dict[str, Any]]:
-    """System prompt + one user turn (the image first, then the text)."""
-    # Tool text may contain anything: the protocol defuses it so no result can forge a tag.
-    blocks = [defuse(b) for b in information]
-    user = render("user", question=question.strip(), information=blocks)
-    return [{"role": "system", "content": render(mode)},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]}]
 
 
 async def judge_sample(sample: EvalSample, judge: Judge) -> EvalSample:
@@ -96,18 +75,19 @@ async def _answer_turn(sample: EvalSample, gen: Generator, messages: list[dict[s
                                    error=action.error, latency_s=time.perf_counter() - t0))
 
 
-async def run_direct(benchmark: str, root: str, item: BenchItem, gen: Generator, judge: Judge) -> EvalSample:
+async def run_direct(benchmark: str, root: str, item: BenchItem, gen: Generator, judge: Judge,
+                     prompt_version: str = PROMPT_VERSION) -> EvalSample:
     sample = _new_sample(benchmark, "direct", item, root)
     t0 = time.perf_counter()
     with Image.open(sample.image_path) as img:
         image = img.convert("RGB")
-    await _answer_turn(sample, gen, build_messages("direct", item.question), image)
+    await _answer_turn(sample, gen, baseline_messages("direct", item.question, version=prompt_version), image)
     sample.latency_s = time.perf_counter() - t0
     return await judge_sample(sample, judge)
 
 
 async def run_rag(benchmark: str, root: str, item: BenchItem, gen: Generator, judge: Judge,
-                  tools: ToolClient) -> EvalSample:
+                  tools: ToolClient, prompt_version: str = PROMPT_VERSION) -> EvalSample:
     sample = _new_sample(benchmark, "rag", item, root)
     t0 = time.perf_counter()
     with Image.open(sample.image_path) as img:
@@ -128,6 +108,6 @@ async def run_rag(benchmark: str, root: str, item: BenchItem, gen: Generator, ju
     sample.turns.append(TurnRecord(role="tool", action="text_search", query=item.question, text=text or "",
                                    error=txt_err, latency_s=time.perf_counter() - t1))
     information.append(text or "")
-    await _answer_turn(sample, gen, build_messages("rag", item.question, information), image)
+    await _answer_turn(sample, gen, baseline_messages("rag", item.question, information, version=prompt_version), image)
     sample.latency_s = time.perf_counter() - t0
     return await judge_sample(sample, judge)

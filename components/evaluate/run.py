@@ -26,6 +26,7 @@ from tqdm import tqdm
 from components.agent import judging
 from components.agent.judging import Judge
 from components.agent.llm_judge import LLMJudge
+from components.agent.protocol import PROMPT_VERSION
 from components.common.settings import Settings
 from components.common.tracking import tracked_run
 from components.evaluate import metrics as M
@@ -75,7 +76,8 @@ def _check_modes(modes: list[str]) -> None:
 
 
 async def run_samples(benchmarks: list[Benchmark], modes: list[str], gen: Generator, judge: Judge,
-                      tools: ToolClient | None, concurrency: int) -> list[EvalSample]:
+                      tools: ToolClient | None, concurrency: int,
+                      prompt_version: str = PROMPT_VERSION) -> list[EvalSample]:
     """Every item of every benchmark in every mode, ``concurrency`` at a time, in a stable order."""
     sem = asyncio.Semaphore(concurrency)
     jobs = [(b, m, item) for b in benchmarks for m in modes for item in b.items]
@@ -84,9 +86,9 @@ async def run_samples(benchmarks: list[Benchmark], modes: list[str], gen: Genera
     async def one(bench: Benchmark, mode: str, item) -> EvalSample:
         async with sem:
             if mode == "direct":
-                sample = await run_direct(bench.name, bench.root, item, gen, judge)
+                sample = await run_direct(bench.name, bench.root, item, gen, judge, prompt_version)
             else:
-                sample = await run_rag(bench.name, bench.root, item, gen, judge, tools)
+                sample = await run_rag(bench.name, bench.root, item, gen, judge, tools, prompt_version)
         bar.update(1)
         return sample
 
@@ -117,7 +119,8 @@ async def _collect(settings: Settings, spec: ModelSpec, benches: list[Benchmark]
         if baseline_modes:
             loaded = (agent_gen.model, agent_gen.processor) if hasattr(agent_gen, "model") else None
             gen = open_generator(spec, settings, loaded)
-            samples += await run_samples(benches, baseline_modes, gen, judge, tools, settings.evaluate.concurrency)
+            samples += await run_samples(benches, baseline_modes, gen, judge, tools, settings.evaluate.concurrency,
+                                         settings.agent.prompt_version)
         return samples
     finally:
         for closable in (gen, agent_gen, tools):

@@ -35,6 +35,8 @@ def sft_config(settings: Settings, output_dir: str | Path, **overrides) -> SFTCo
         max_length=s.max_length,
         assistant_only_loss=True,  # loss on model turns only: system, user and <information> turns masked
         dataloader_num_workers=s.dataloader_workers,
+        # batches of rows of similar length (the ``length`` column of components/sft/data.py): less padding
+        train_sampling_strategy="group_by_length" if s.group_by_length else "random",
     )
     kwargs.update(overrides)
     return SFTConfig(**kwargs)

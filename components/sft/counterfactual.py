@@ -149,20 +149,69 @@ def swap_messages(messages: Sequence[Mapping[str, Any]], rng: random.Random) -> 
     return Swap(out, word_map, number_map, phrase_map)
 
 
+DIRECT_GIVE_UP_REASON = "This needs a search and I have no search: I cannot tell it from the image alone."
+
+
+def direct_row(messages: Sequence[Mapping[str, Any]], question: str, requires_search: bool,
+               version: str) -> list[dict[str, Any]]:
+    """The row as the no-tools baseline (``direct`` mode) sees it: the version's direct prompt, the
+    question, and one answer turn — the row's own final answer when it needs no search, else the
+    give-up answer (without a search the model cannot know an unseen entity: it should say so)."""
+    from components.agent.protocol import GIVE_UP_ANSWER, baseline_messages
+
+    system, user = baseline_messages("direct", question, version=version)
+    if requires_search:
+        answer = f"<reason>{DIRECT_GIVE_UP_REASON}</reason>\n<answer>{GIVE_UP_ANSWER}</answer>"
+    else:
+        answer = next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
+    return [{"role": "system", "content": system["content"]},
+            {"role": "user", "content": user["content"][-1]["text"]},
+            {"role": "assistant", "content": answer}]
+
+
 class CounterfactualTransform:
     """A ``datasets`` batch transform: each access swaps each row's ``messages`` afresh.
 
     ``share`` of the rows are swapped (the rest pass unchanged, so the real world's names still
     appear); the RNG is the transform's own, seeded, so a run is reproducible but no two epochs
-    see the same names."""
+    see the same names. With ``redraw_visual`` the world's search-free picture rows (batch columns
+    ``category``, ``question``, ``final_answer``) get a fresh image of their kind and the matching
+    answer instead (:func:`components.sft.visual.redraw`); names and numbers are never swapped in
+    them. With ``direct_share`` that share of the rows (after swapping or redrawing) is shown in the
+    no-tools form of evaluation's ``direct`` mode (:func:`direct_row`, prompt ``version``; batch
+    columns ``question``, ``requires_search``). The output holds ``messages`` and ``images`` only
+    (what the collator reads)."""
 
-    def __init__(self, seed: int = 0, share: float = 1.0):
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"counterfactual share must be in [0, 1], got {share}")
-        self.rng, self.share = random.Random(seed), share
+    def __init__(self, seed: int = 0, share: float = 1.0, redraw_visual: bool = False,
+                 direct_share: float = 0.0, version: str = "v1"):
+        for name, value in (("counterfactual share", share), ("direct share", direct_share)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        self.rng, self.share, self.redraw_visual = random.Random(seed), share, redraw_visual
+        self.direct_share, self.version = direct_share, version
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        out = dict(batch)
-        out["messages"] = [swap_messages(m, self.rng).messages if self.rng.random() < self.share else m
-                           for m in batch["messages"]]
+        from components.sft.visual import VisualRow, is_visual, redraw
+
+        if "messages" not in batch:  # a column read (the length-grouped sampler reads ``length``)
+            return batch
+        messages, images = [], list(batch["images"]) if "images" in batch else None
+        n = len(batch["messages"])
+        categories = batch.get("category") or [None] * n
+        questions = batch.get("question") or [None] * n
+        for i, (m, category, question) in enumerate(zip(batch["messages"], categories, questions, strict=True)):
+            if is_visual(category):
+                fresh = redraw(VisualRow(m, question, category, batch["final_answer"][i]),
+                               self.rng) if self.redraw_visual and images is not None else None
+                if fresh is not None:
+                    m, images[i] = fresh[0], [fresh[1]]
+                    question = fresh[2]
+            elif self.rng.random() < self.share:
+                m = swap_messages(m, self.rng).messages
+            if self.direct_share and question and self.rng.random() < self.direct_share:
+                m = direct_row(m, question, bool(batch["requires_search"][i]), self.version)
+            messages.append(m)
+        out = {"messages": messages}
+        if images is not None:
+            out["images"] = images
         return out

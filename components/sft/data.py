@@ -24,7 +24,8 @@ from typing import Any
 from components.sft.counterfactual import CounterfactualTransform, swap_messages
 
 log = logging.getLogger(__name__)
-TRAIN_COLUMNS = ("messages", "images")
+TRAIN_COLUMNS = ("messages", "images", "length")  # length: tokens, for the length-grouped sampler
+ROW_COLUMNS = ("question", "category", "final_answer", "requires_search")  # what redraws and direct rows read
 
 
 @dataclass
@@ -37,6 +38,8 @@ class PreparedRows:
     max_tokens: int
     mean_tokens: float
     counterfactual_share: float
+    redraw_visual: bool = False
+    direct_share: float = 0.0
 
 
 def _with_image(messages: Sequence[dict[str, Any]], n_images: int) -> list[dict[str, Any]]:
@@ -62,9 +65,13 @@ def row_tokens(processor: Any, messages: Sequence[dict[str, Any]], images: Seque
 
 
 def prepare_rows(dataset: Any, processor: Any, max_length: int, margin: int = 0,
-                 counterfactual_share: float = 0.0, seed: int = 0) -> PreparedRows:
+                 counterfactual_share: float = 0.0, seed: int = 0, redraw_visual: bool = False,
+                 direct_share: float = 0.0, prompt_version: str = "v1") -> PreparedRows:
     """``dataset`` reduced to the training columns, rows longer than ``max_length - margin`` tokens
-    dropped (counted), and — with ``counterfactual_share > 0`` — swapped on the fly on every access."""
+    dropped (counted), and — with ``counterfactual_share > 0`` — swapped on the fly on every access;
+    with ``redraw_visual`` the search-free picture rows get a fresh image on every access
+    (:mod:`components.sft.visual`); with ``direct_share`` that share of rows is shown in the no-tools
+    ``direct`` form (prompt ``prompt_version``, :func:`components.sft.counterfactual.direct_row`)."""
     limit = max_length - margin
     if limit < 16:
         raise ValueError(f"sft.max_length {max_length} minus sft.length_margin {margin} leaves no room: "
@@ -81,13 +88,24 @@ def prepare_rows(dataset: Any, processor: Any, max_length: int, margin: int = 0,
                     "raise DMMS_SFT__MAX_LENGTH to keep them", dropped, len(lengths), limit, max_length,
                     margin, max(lengths))
     train = dataset.select(keep) if dropped else dataset
-    train = train.select_columns(list(TRAIN_COLUMNS))
-    if counterfactual_share > 0:
-        train.set_transform(CounterfactualTransform(seed=seed, share=counterfactual_share))
-    log.info("SFT rows: %d kept, %d dropped as too long, tokens mean %.0f max %d, counterfactual share %.2f",
-             len(keep), dropped, sum(lengths) / len(lengths), max(lengths), counterfactual_share)
+    if "length" in train.column_names:
+        train = train.remove_columns("length")
+    train = train.add_column("length", [lengths[i] for i in keep])
+    has_row_columns = all(c in train.column_names for c in ROW_COLUMNS)
+    if (redraw_visual or direct_share) and not has_row_columns:
+        log.warning("SFT: the dataset lacks %s: no visual redraws, no direct rows", ", ".join(ROW_COLUMNS))
+        redraw_visual, direct_share = False, 0.0
+    extra = list(ROW_COLUMNS) if (redraw_visual or direct_share) else []
+    train = train.select_columns(list(TRAIN_COLUMNS) + extra)
+    if counterfactual_share > 0 or redraw_visual or direct_share:
+        train.set_transform(CounterfactualTransform(seed=seed, share=counterfactual_share,
+                                                    redraw_visual=redraw_visual, direct_share=direct_share,
+                                                    version=prompt_version))
+    log.info("SFT rows: %d kept, %d dropped as too long, tokens mean %.0f max %d, counterfactual share %.2f, "
+             "visual rows redrawn: %s, direct share %.2f", len(keep), dropped, sum(lengths) / len(lengths),
+             max(lengths), counterfactual_share, redraw_visual, direct_share)
     return PreparedRows(train, len(keep), dropped, max(lengths), sum(lengths) / len(lengths),
-                        counterfactual_share)
+                        counterfactual_share, redraw_visual, direct_share)
 
 
 def tokenizer_corpus(conversations: Iterable[Sequence[dict[str, Any]]], swaps: int = 3,

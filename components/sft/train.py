@@ -10,9 +10,11 @@ is published as ``<out>/final/``. Metrics go to the step's MLflow run every logg
 
 For a model trained from scratch (the tiny profile) the step also builds the base model from the
 dataset it trains on (tokenizer on the data's own text; :func:`base_model_for`), copy-pretrains it
-(:mod:`components.sft.pretrain`), publishes it as ``<out>/base/`` (the evaluation's base row),
+(:mod:`components.sft.pretrain`) and visually pretrains it on freshly drawn search-free images
+(:mod:`components.sft.visual`), publishes it as ``<out>/base/`` (the evaluation's base row),
 trains the vision tower too (``sft.train_vision``) and swaps each row's names afresh on every
-access (``sft.counterfactual_share``, :mod:`components.sft.counterfactual`). Rows longer than
+access (``sft.counterfactual_share``, :mod:`components.sft.counterfactual`); the search-free picture
+rows get a fresh image each access instead (``sft.redraw_visual``). Rows longer than
 ``sft.max_length`` are dropped and counted (``sft.dropped_too_long`` in MLflow), never truncated.
 
 Registration in the model registry is left to the promote step (it decides what becomes a
@@ -56,6 +58,7 @@ from components.common.training import check_master_precision
 from components.sft.config import lora_config, sft_config
 from components.sft.data import prepare_rows, tokenizer_corpus
 from components.sft.pretrain import CopyPretrainConfig, copy_pretrain
+from components.sft.visual import VisualPretrainConfig, VisualRow, visual_pretrain
 
 log = logging.getLogger(__name__)
 FINAL = "final"
@@ -92,7 +95,9 @@ def build_trainer(settings: Settings, dataset, model_path: str, output_dir: Path
         freeze_vision(model)
     peft = None if s.full_finetune else lora_config(settings, model)
     args = sft_config(settings, output_dir, **config_overrides)
-    rows = prepare_rows(dataset, processor, s.max_length, s.length_margin, s.counterfactual_share, s.seed)
+    rows = prepare_rows(dataset, processor, s.max_length, s.length_margin, s.counterfactual_share, s.seed,
+                        redraw_visual=s.redraw_visual, direct_share=s.direct_share,
+                        prompt_version=settings.agent.prompt_version)
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows.dataset, processing_class=processor,
                          peft_config=peft, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # it prints to stdout; our callback logs instead
@@ -118,14 +123,25 @@ def base_model_for(settings: Settings, model: str, dataset, work: Path) -> str:
 
 
 def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) -> str:
-    """Copy-pretrain the from-scratch base (:mod:`components.sft.pretrain`); save it to ``out``."""
+    """Pretrain the from-scratch base: copy pretraining (:mod:`components.sft.pretrain`, text only),
+    then visual pretraining (:mod:`components.sft.visual`, fresh search-free images); save to ``out``."""
     s = settings.sft
     model, processor = load_model_and_processor(model_path, settings.model)
-    config = CopyPretrainConfig(steps=s.copy_pretrain_steps, batch_size=s.copy_pretrain_batch_size,
-                                learning_rate=s.copy_pretrain_learning_rate, max_tokens=s.copy_pretrain_max_tokens,
-                                synthetic_share=s.copy_pretrain_synthetic_share, seed=s.seed)
-    copy_pretrain(model, processor, dataset["messages"], config,
-                  on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
+    if s.copy_pretrain_steps:
+        config = CopyPretrainConfig(steps=s.copy_pretrain_steps, batch_size=s.copy_pretrain_batch_size,
+                                    learning_rate=s.copy_pretrain_learning_rate,
+                                    max_tokens=s.copy_pretrain_max_tokens,
+                                    synthetic_share=s.copy_pretrain_synthetic_share, seed=s.seed)
+        copy_pretrain(model, processor, dataset["messages"], config,
+                      on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
+    if s.visual_pretrain_steps:
+        rows = [VisualRow(m, q, c, a) for m, q, c, a in zip(dataset["messages"], dataset["question"],
+                                                            dataset["category"], dataset["final_answer"],
+                                                            strict=True)]
+        visual_pretrain(model, processor, rows,
+                        VisualPretrainConfig(steps=s.visual_pretrain_steps, batch_size=s.visual_pretrain_batch_size,
+                                             learning_rate=s.visual_pretrain_learning_rate, seed=s.seed),
+                        on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return str(out)
@@ -155,7 +171,7 @@ def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
             given = model
             model = base_model_for(settings, model, dataset, work)
             if not given and model == str(work / "base"):  # built here from scratch
-                if settings.sft.copy_pretrain_steps:
+                if settings.sft.copy_pretrain_steps or settings.sft.visual_pretrain_steps:
                     model = pretrain_base(settings, model, dataset, work / "pretrained", run)
                 publish_dir(store, Path(model), out_uri, version=BASE,
                             metadata={"kind": "base_model", "data_uri": data.uri, "built": "from scratch"})
@@ -167,7 +183,8 @@ def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
             rows = trainer.dmms_rows
             run.log_metrics({"sft.rows": rows.rows, "sft.dropped_too_long": rows.dropped_too_long,
                              "sft.max_tokens": rows.max_tokens, "sft.mean_tokens": rows.mean_tokens,
-                             "sft.counterfactual_share": rows.counterfactual_share})
+                             "sft.counterfactual_share": rows.counterfactual_share,
+                             "sft.direct_share": rows.direct_share, "sft.redraw_visual": float(rows.redraw_visual)})
             trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
             output = trainer.train(resume_from_checkpoint=resume_path)
             final_ref = publish_dir(store, save_merged(trainer, work / "final"), out_uri, version=FINAL,

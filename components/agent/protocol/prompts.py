@@ -66,6 +66,23 @@ def initial_messages(question: str, version: str = PROMPT_VERSION,
                                          {"type": "text", "text": render_initial_user(question, version, limits)}]}]
 
 
+BASELINE_MODES = ("direct", "rag")
+
+
+def baseline_messages(mode: str, question: str, information: list[str] = (),
+                      version: str = PROMPT_VERSION) -> list[dict[str, Any]]:
+    """The paper's no-agent baselines in chat form (image first): ``direct`` (no tools: answer from
+    the image) and ``rag`` (the given search results in ``<information>`` blocks, then answer), from
+    the same prompt version as the agent (``baseline_<mode>.txt``, ``baseline_user.txt``), so a model
+    trained on one version meets its own wording in every mode. Tool text is defused."""
+    if mode not in BASELINE_MODES:
+        raise ValueError(f"unknown baseline mode {mode!r}: use one of {', '.join(BASELINE_MODES)}")
+    user = _render(version, "baseline_user.txt", question=question.strip(),
+                   information=[defuse(b) for b in information])
+    return [{"role": "system", "content": _render(version, f"baseline_{mode}.txt")},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]}]
+
+
 def _information(body: str) -> str:
     return f"{INFO_OPEN}\n{body.strip()}\n{INFO_CLOSE}"
 

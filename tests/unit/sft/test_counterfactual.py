@@ -90,3 +90,30 @@ def test_transform_swaps_on_every_access():
     assert len(queries) == 5 and "Kodiax" not in queries
     ds.set_transform(CounterfactualTransform(seed=0, share=0.0))
     assert ds[0]["messages"] == ROW
+
+
+def test_direct_rows_use_the_baseline_prompt_and_give_up_without_search():
+    from components.agent.protocol import GIVE_UP_ANSWER, baseline_messages, parse_turn
+    from components.sft.counterfactual import direct_row
+
+    question = "In what year was the architect of the landmark in this image born?"
+    row = direct_row(ROW, question, True, "t1")
+    assert [m["role"] for m in row] == ["system", "user", "assistant"]
+    assert row[0]["content"] == baseline_messages("direct", question, version="t1")[0]["content"]
+    assert row[1]["content"] == f"Question: {question}"
+    turn = parse_turn(row[2]["content"])
+    assert turn.valid and turn.answer == GIVE_UP_ANSWER  # no search, an unseen entity: it cannot know
+    free = [ROW[0], {"role": "user", "content": "Question: What colour?"},
+            {"role": "assistant", "content": "<reason>No search is needed: red.</reason>\n<answer>red</answer>"}]
+    assert direct_row(free, "What colour?", False, "t1")[2] == free[2]  # search-free: its own answer
+
+
+def test_the_transform_shows_a_share_of_rows_in_direct_form():
+    batch = {"messages": [ROW] * 200, "images": [[]] * 200, "question": ["Who?"] * 200,
+             "category": ["landmark/architect"] * 200, "final_answer": ["1776"] * 200,
+             "requires_search": [True] * 200}
+    out = CounterfactualTransform(seed=0, share=1.0, direct_share=0.25, version="t1")(batch)
+    direct = [m for m in out["messages"] if len(m) == 3]
+    assert 30 <= len(direct) <= 70  # ~25 %
+    assert all(m[1]["content"] == "Question: Who?" for m in direct)
+    assert all(len(m) == len(ROW) for m in out["messages"] if len(m) != 3)

@@ -53,7 +53,8 @@ def test_long_rows_are_dropped_and_counted(processor, dataset):
     assert prepared.rows == len(prepared.dataset) == sum(n <= limit for n in lengths)
     assert prepared.max_tokens == max(lengths)
     assert all(row_tokens(processor, r["messages"], r["images"]) <= limit for r in prepared.dataset)
-    assert prepared.dataset.column_names == ["messages", "images"]
+    assert prepared.dataset.column_names == ["messages", "images", "length"]  # length: the grouped sampler
+    assert prepared.dataset["length"] == [n for n in lengths if n <= limit]
     with pytest.raises(ValueError, match="DMMS_SFT__MAX_LENGTH"):
         prepare_rows(dataset, processor, max_length=min(lengths) - 1 + 10, margin=10)
 
