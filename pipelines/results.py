@@ -10,8 +10,9 @@ run made, tagged ``dmms.checkpoint``), so the table is what the tracking server 
     text = format_table(results); write_results(results, Path(".dmms/results.json"))
 
 ``results.json``: ``{"rows": [{"checkpoint", "mode", "split", "n", "accuracy", "ci95", "searches_per_question",
-"search_decision", "format_error_rate"}], "wall_s": {step: s}, "champion": {"version", "checkpoint_uri",
-"decision", "reasons"}}`` (accuracy in %, rates in [0, 1]).
+"search_decision", "format_error_rate", "copy_rate"}], "wall_s": {step: s}, "champion": {"version", "checkpoint_uri",
+"decision", "reasons"}}`` (accuracy in %, rates in [0, 1]; ``copy_rate``: the share of agent trajectories
+whose first text query holds the name the image search returned, None where no trajectory applies).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _rows(metrics: dict[str, float], checkpoint: str) -> list[dict[str, Any]]:
                          "accuracy": round(m("accuracy"), 2), "ci95": [round(m("ci95_lo"), 2), round(m("ci95_hi"), 2)],
                          "searches_per_question": round(m("searches_per_question"), 3),
                          "search_decision": round(m("search_decision"), 4),
-                         "format_error_rate": round(m("format_error_rate"), 4)})
+                         "format_error_rate": round(m("format_error_rate"), 4),
+                         "copy_rate": None if m("copy_rate") is None else round(m("copy_rate"), 4)})
     return rows
 
 
@@ -81,13 +83,14 @@ def collect_results(settings: Settings, since_ms: int, wall_s: dict[str, float] 
 def format_table(results: dict[str, Any]) -> str:
     """A fixed-width table of the rows, then the promotion decision and its reasons."""
     head = f"{'checkpoint':<10} {'mode':<6} {'split':<15} {'n':>4} {'accuracy':>8}  {'95% CI':<14} " \
-           f"{'searches/q':>10} {'decision':>8} {'format err':>10}"
+           f"{'searches/q':>10} {'decision':>8} {'format err':>10} {'copied':>6}"
     lines = [head, "-" * len(head)]
     for r in results["rows"]:
         ci = f"[{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}]"
         lines.append(f"{r['checkpoint']:<10} {r['mode']:<6} {r['split']:<15} {r['n']:>4} {r['accuracy']:>8.1f}  "
                      f"{ci:<14} {r['searches_per_question']:>10.2f} {r['search_decision']:>8.0%} "
-                     f"{r['format_error_rate']:>10.0%}")
+                     f"{r['format_error_rate']:>10.0%} "
+                     f"{'' if r.get('copy_rate') is None else format(r['copy_rate'], '.0%'):>6}")
     c = results.get("champion") or {}
     if c:
         lines.append(f"\npromotion of the RL checkpoint (model version {c['version']}): {c['decision'].upper()}")

@@ -16,6 +16,7 @@ samples with at least one, mean / p50 / p95 latency. Per mode: the average accur
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -150,7 +151,9 @@ def accuracy_table(cells: dict[tuple[str, str], Cell], benchmarks: list[str],
 
 SPLITS = ("all", "search_required", "search_free")
 SPLIT_FIELDS = ("accuracy", "ci95_lo", "ci95_hi", "n", "searches_per_question", "search_decision",
-                "format_error_rate")
+                "format_error_rate", "copy_rate", "copy_n")
+# The lead sentence of the tool-server's extractive image summary (components/search/summarise.py).
+_IMAGE_LEAD = re.compile(r"The image most likely shows (.+?)\.(?:\s|$)")
 
 
 def _split_of(s: EvalSample, split: str) -> bool:
@@ -162,11 +165,31 @@ def _decided_right(s: EvalSample) -> bool:
     return s.requires_search is None or (s.searches > 0) == s.requires_search
 
 
+def copied_name(s: EvalSample) -> bool | None:
+    """Did the first text query after the image search contain the name that search returned?
+
+    The direct measure of copying (issue 12): an answer to an unseen entity can only come from
+    reading ``<information>``. None when the trajectory has no image search whose summary names an
+    entity in the extractive lead ("The image most likely shows X.") or no text query after it."""
+    name = None
+    for t in s.turns:
+        if t.role == "tool" and t.action in ("image_search", "crop_search") and name is None:
+            m = _IMAGE_LEAD.search(t.text or "")
+            if m is None:
+                return None
+            name = m.group(1).strip()
+        elif name is not None and t.role == "model" and t.action == "text_search":
+            return name.lower() in (t.query or "").lower()
+    return None
+
+
 def split_metrics(samples: Iterable[EvalSample]) -> dict[str, float]:
     """Per mode and split (all items, search-required, search-free; over every benchmark): accuracy
     (%) with n and its 95% bootstrap interval, searches per question, the search decision (share of
     items where the model searched exactly when the item needs it: for search-required items, that
-    it searched; for search-free ones, that it did not) and the format-error rate (share in [0, 1]).
+    it searched; for search-free ones, that it did not), the format-error rate (share in [0, 1]) and
+    the copy rate (:func:`copied_name`, share in [0, 1] over the ``copy_n`` trajectories it applies
+    to; no key when none does).
 
     Keys: ``split/<field>/<split>/<mode>``; no key for a split without items.
     """
@@ -184,5 +207,8 @@ def split_metrics(samples: Iterable[EvalSample]) -> dict[str, float]:
                       "n": float(len(part)), "searches_per_question": _mean([float(s.searches) for s in part]),
                       "search_decision": _mean([float(_decided_right(s)) for s in part]),
                       "format_error_rate": _mean([float(s.format_errors > 0) for s in part])}
+            copies = [c for c in (copied_name(s) for s in part) if c is not None]
+            if copies:
+                values.update(copy_rate=_mean([float(c) for c in copies]), copy_n=float(len(copies)))
             out.update({f"split/{k}/{split}/{mode}": v for k, v in values.items()})
     return out

@@ -70,3 +70,27 @@ def test_percentile_edges():
     assert percentile([], 50) == 0.0
     assert percentile([3.0], 95) == 3.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+
+
+def _traj(query: str | None, lead: str = "The image most likely shows Viath Brouthozel. More text.") -> EvalSample:
+    from components.evaluate.records import TurnRecord
+
+    turns = [TurnRecord(role="model", text="...", action="image_search"),
+             TurnRecord(role="tool", text=lead, action="image_search")]
+    if query is not None:
+        turns.append(TurnRecord(role="model", text="...", action="text_search", query=query))
+    return EvalSample(benchmark="world", mode="agent", item_id="x", question="q", answers=["a"], image_path="/x",
+                      requires_search=True, turns=turns, image_searches=1, text_searches=int(query is not None))
+
+
+def test_copy_rate_counts_queries_that_hold_the_returned_name():
+    from components.evaluate.metrics import copied_name, split_metrics
+
+    assert copied_name(_traj("viath brouthozel born city")) is True  # case does not matter
+    assert copied_name(_traj("Kodiax born city")) is False  # a recalled or invented name
+    assert copied_name(_traj(None)) is None  # no text query: not counted
+    assert copied_name(_traj("x", lead="The image search found no matching images.")) is None
+    m = split_metrics([_traj("Viath Brouthozel born"), _traj("Kodiax born"), _traj("Viath Brouthozel"), _traj(None)])
+    assert m["split/copy_rate/search_required/agent"] == pytest.approx(2 / 3)
+    assert m["split/copy_n/search_required/agent"] == 3.0
+    assert "split/copy_rate/search_free/agent" not in m  # no search-free items
