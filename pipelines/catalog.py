@@ -33,9 +33,10 @@ class PipelineDef:
         args = {k: v for k, v in {**self.params, **overrides}.items() if k not in DATA_PARAMS}
         args["tools_url"] = tools_url
         wanted = self.main.component_spec.inputs or {}
-        for key in ("world_uri", "world_test_uri"):
-            if key in wanted:
-                args[key] = data_outputs["world_uri" if key == "world_uri" else "test_uri"]
+        sources = {"world_uri": "world_uri", "world_test_uri": "test_uri", "rl_prompts_uri": "val_uri"}
+        for key, source in sources.items():
+            if key in wanted and key not in args:
+                args[key] = data_outputs[source]
         return {k: v for k, v in args.items() if k in wanted}
 
     def data_args(self, overrides: dict[str, Any]) -> dict:

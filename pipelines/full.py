@@ -42,7 +42,7 @@ def build_train_pipeline(settings: Settings, cluster: bool, name: str, profile: 
         tr = train(world_uri=ds.outputs["world_uri"], world_test_uri=ds.outputs["test_uri"],
                    seed_vqa_uri=seed_vqa_uri, teacher=teacher, datagen_n=datagen_n, base_model=base_model,
                    tools_url="", modes=modes, gate_mode=gate_mode, eval_limit=eval_limit,
-                   extra_benchmarks=extra_benchmarks)
+                   extra_benchmarks=extra_benchmarks, rl_prompts_uri=ds.outputs["val_uri"])
         tr.set_display_name("train")
 
     return PipelineDef(name.removeprefix("dmms-"), data, train, whole, d)

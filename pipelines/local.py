@@ -32,7 +32,7 @@ from pipelines.console import step_lines
 from pipelines.results import collect_results, write_results
 
 log = logging.getLogger(__name__)
-DATA_OUTPUTS = ("world_uri", "train_uri", "test_uri", "index_uri")
+DATA_OUTPUTS = ("world_uri", "train_uri", "val_uri", "test_uri", "index_uri")
 
 
 class LocalRunError(RuntimeError):

@@ -36,7 +36,8 @@ def build(settings: Settings, cluster: bool = True) -> PipelineDef:
         ds.set_display_name("data")
         rt = main(world_uri=ds.outputs["world_uri"], world_test_uri=ds.outputs["test_uri"],
                   seed_vqa_uri=seed_vqa_uri, teacher=teacher, datagen_n=datagen_n, tools_url="", modes=modes,
-                  gate_mode=gate_mode, eval_limit=eval_limit, extra_benchmarks=extra_benchmarks)
+                  gate_mode=gate_mode, eval_limit=eval_limit, extra_benchmarks=extra_benchmarks,
+                  rl_prompts_uri=ds.outputs["val_uri"])
         rt.set_display_name("retrain")
 
     return PipelineDef("retrain", data, main, whole, d)

@@ -45,6 +45,7 @@ class Build:
 class DataOutputs(NamedTuple):
     world_uri: str
     train_uri: str
+    val_uri: str  # GRPO's prompts: entity-disjoint from SFT's (train) rows and from test
     test_uri: str
     index_uri: str
 
@@ -56,8 +57,8 @@ def data_stage(b: Build, name: str):
         world.set_display_name("world")
         index = b.place(b.ops.index(corpus_uri=world.outputs["corpus_uri"], out_uri=index_uri), CPU_CACHED)
         index.set_display_name("index")
-        return DataOutputs(world.outputs["world_uri"], world.outputs["train_uri"], world.outputs["test_uri"],
-                           index.output)
+        return DataOutputs(world.outputs["world_uri"], world.outputs["train_uri"], world.outputs["val_uri"],
+                           world.outputs["test_uri"], index.output)
 
     return data
 
@@ -91,7 +92,7 @@ def train_stage(b: Build, name: str):
     @dsl.pipeline(name=f"{name}-train", description="datagen → sft → grpo → evaluate → promote.")
     def train(world_uri: str, world_test_uri: str, seed_vqa_uri: str, teacher: str, datagen_n: int,
               base_model: str, tools_url: str, modes: str, gate_mode: str, eval_limit: int,
-              extra_benchmarks: str) -> None:
+              extra_benchmarks: str, rl_prompts_uri: str = "") -> None:
         cleanup = b.place(b.ops.cleanup(run_id=RUN_ID), CPU)
         cleanup.set_display_name("cleanup")
         with dsl.ExitHandler(cleanup, name="cleanup-on-exit"):
@@ -101,7 +102,8 @@ def train_stage(b: Build, name: str):
             sft = b.place(b.ops.sft(data_uri=data.outputs["Output"], base_model=base_model, run_id=RUN_ID), GPU)
             sft.set_display_name("sft")
             grpo = b.place(b.ops.grpo(data_uri=data.outputs["Output"], model_uri=sft.outputs["checkpoint_uri"],
-                                      tools_url=tools_url, run_id=RUN_ID), GRPO)
+                                      tools_url=tools_url, run_id=RUN_ID, prompts_uri=rl_prompts_uri,
+                                      seed_vqa_uri=seed_vqa_uri), GRPO)
             grpo.set_display_name("grpo")
             # before and after, on the same benchmark version: the base model, SFT, then RL (gated)
             _evaluate(b, sft.outputs["base_uri"], "base", world_test_uri, extra_benchmarks, modes, tools_url,
@@ -117,7 +119,8 @@ def train_stage(b: Build, name: str):
 def retrain_stage(b: Build, name: str):
     @dsl.pipeline(name=f"{name}-main", description="champion → datagen → grpo → evaluate → promote.")
     def retrain(world_uri: str, world_test_uri: str, seed_vqa_uri: str, teacher: str, datagen_n: int,
-                tools_url: str, modes: str, gate_mode: str, eval_limit: int, extra_benchmarks: str) -> None:
+                tools_url: str, modes: str, gate_mode: str, eval_limit: int, extra_benchmarks: str,
+                rl_prompts_uri: str = "") -> None:
         cleanup = b.place(b.ops.cleanup(run_id=RUN_ID), CPU)
         cleanup.set_display_name("cleanup")
         with dsl.ExitHandler(cleanup, name="cleanup-on-exit"):
@@ -127,7 +130,7 @@ def retrain_stage(b: Build, name: str):
                                          n=datagen_n, tools_url=tools_url, run_id=RUN_ID), CPU_RETRY)
             data.set_display_name("datagen")
             grpo = b.place(b.ops.grpo(data_uri=data.outputs["Output"], model_uri=champ.output, tools_url=tools_url,
-                                      run_id=RUN_ID), GRPO)
+                                      run_id=RUN_ID, prompts_uri=rl_prompts_uri, seed_vqa_uri=seed_vqa_uri), GRPO)
             grpo.set_display_name("grpo")
             _evaluate_promote(b, grpo, world_test_uri, extra_benchmarks, modes, tools_url, eval_limit, gate_mode)
 

@@ -124,17 +124,22 @@ def datagen_op(world_uri: str, seed_vqa_uri: str, teacher: str, n: int, tools_ur
     return result.dataset_uri
 
 
-def grpo_op(data_uri: str, model_uri: str, tools_url: str, run_id: str, metrics: Output[Metrics]) -> NamedTuple(
+def grpo_op(data_uri: str, model_uri: str, tools_url: str, run_id: str, metrics: Output[Metrics],
+            prompts_uri: str = "", seed_vqa_uri: str = "") -> NamedTuple(
         "GRPOOutputs", [("checkpoint_uri", str), ("manifest_sha256", str), ("mlflow_run_id", str)]):
-    """GRPO from ``model_uri`` (the SFT checkpoint, or the champion) on ``data_uri``."""
+    """GRPO from ``model_uri`` (the SFT checkpoint, or the champion) on the questions of
+    ``prompts_uri`` (a VQA set: the world's val split, entity-disjoint from SFT's rows and from the
+    test split). With seed data (``seed_vqa_uri``) or no ``prompts_uri``: the questions of the
+    dataset ``data_uri`` (the world's split would be another distribution)."""
     import tempfile
     from collections import namedtuple
+    from pathlib import Path
 
     from components.common.logging import setup_logging
     from components.common.storage import open_store
     from components.grpo.servers import rollout_server
     from components.grpo.train import run_grpo
-    from components.kfp.io import bind_run, local_model
+    from components.kfp.io import bind_run, local_dir, local_model
 
     setup_logging()
     settings = bind_run(run_id)
@@ -143,9 +148,11 @@ def grpo_op(data_uri: str, model_uri: str, tools_url: str, run_id: str, metrics:
     out_uri = open_store(settings).uri("checkpoints", f"{run_id}-grpo")
     with tempfile.TemporaryDirectory(prefix="dmms-grpo-model-") as tmp:
         model = local_model(settings, model_uri, tmp)
+        prompts = data_uri if seed_vqa_uri or not prompts_uri else str(local_dir(settings, prompts_uri,
+                                                                                  Path(tmp, "prompts")))
         # on the cluster (grpo.launch_rollout_servers): a vLLM rollout server for this block only
         with rollout_server(settings, run_id=run_id) as settings:
-            result = run_grpo(settings, data_uri, model, out_uri)
+            result = run_grpo(settings, prompts, model, out_uri)
     metrics.log_metric("global_step", result.global_step)
     out = namedtuple("GRPOOutputs", ["checkpoint_uri", "manifest_sha256", "mlflow_run_id"])
     return out(result.final_uri, result.manifest_sha256, result.run_id or "")
