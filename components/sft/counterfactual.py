@@ -149,6 +149,7 @@ def swap_messages(messages: Sequence[Mapping[str, Any]], rng: random.Random) -> 
     return Swap(out, word_map, number_map, phrase_map)
 
 
+_ROW_ONLY = ("question", "category", "final_answer", "requires_search")  # read here, not by the collator
 DIRECT_GIVE_UP_REASON = "This needs a search and I have no search: I cannot tell it from the image alone."
 
 
@@ -179,8 +180,8 @@ class CounterfactualTransform:
     answer instead (:func:`components.sft.visual.redraw`); names and numbers are never swapped in
     them. With ``direct_share`` that share of the rows (after swapping or redrawing) is shown in the
     no-tools form of evaluation's ``direct`` mode (:func:`direct_row`, prompt ``version``; batch
-    columns ``question``, ``requires_search``). The output holds ``messages`` and ``images`` only
-    (what the collator reads)."""
+    columns ``question``, ``requires_search``). The output drops those row columns and keeps the
+    rest (``messages``, ``images``, the sampler's ``length``)."""
 
     def __init__(self, seed: int = 0, share: float = 1.0, redraw_visual: bool = False,
                  direct_share: float = 0.0, version: str = "v1"):
@@ -211,7 +212,8 @@ class CounterfactualTransform:
             if self.direct_share and question and self.rng.random() < self.direct_share:
                 m = direct_row(m, question, bool(batch["requires_search"][i]), self.version)
             messages.append(m)
-        out = {"messages": messages}
+        out = {k: v for k, v in batch.items() if k not in _ROW_ONLY}  # e.g. ``length`` for the sampler
+        out["messages"] = messages
         if images is not None:
             out["images"] = images
         return out

@@ -64,6 +64,11 @@ def test_counterfactual_transform_is_attached(processor, dataset):
     assert isinstance(prepared.dataset._format_kwargs.get("transform"), CounterfactualTransform)
     assert prepared.counterfactual_share == 1.0 and prepared.dropped_too_long == 0
     assert isinstance(prepared.dataset[0]["images"][0], Image.Image)
+    # what transformers' length-grouped sampler reads, element by element, through the transform
+    lengths = prepared.dataset["length"]
+    assert [lengths[i] for i in range(len(lengths))] == [row_tokens(processor, r["messages"], r["images"])
+                                                         for r in dataset]
+    assert prepared.dataset[0]["length"] == lengths[0]
 
 
 def test_tokenizer_corpus_has_fresh_names_and_one_system_prompt():

@@ -70,7 +70,7 @@ def test_transform_redraws_visual_rows_and_swaps_names_elsewhere():
              "question": [r.question for r, _ in rows] + ["q"], "category": [r.category for r, _ in rows] + ["x/y"],
              "final_answer": [r.final_answer for r, _ in rows] + ["a"]}
     out = CounterfactualTransform(seed=3, share=1.0, redraw_visual=True)(batch)
-    assert set(out) == {"messages", "images"}
+    assert set(out) == {"messages", "images"}  # the row columns are read here, not passed to the collator
     for messages, images in zip(out["messages"][:-1], out["images"][:-1], strict=True):
         assert re.search(r"<answer>(.*)</answer>", messages[2]["content"]).group(1) == analyse(images[0])["count"]
     assert out["messages"][-1] != ROW  # the search row got fresh names
