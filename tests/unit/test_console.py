@@ -51,3 +51,30 @@ def test_verbose_streams_everything(tmp_path, monkeypatch):
     with step_lines(tmp_path, verbose=True):
         print(RUNNER_OUTPUT, end="")
     assert "executor" in terminal.getvalue()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_sees_the_running_steps_progress(tmp_path, monkeypatch):
+    from pipelines.console import progress_of
+
+    assert progress_of("    2026 INFO components.sft.pretrain: copy pretraining step 450/1700 loss 1.97") == \
+        "copy pretraining 450/1700 (26%)"
+    assert progress_of("INFO components.common.checkpoints: step 302/750 loss=0.32 grad_norm=1.5") == \
+        "step 302/750 (40%)"
+    assert progress_of("    trajectories:  32%|███▏      | 84/265 [00:11<00:29,  6.15traj/s]") == \
+        "trajectories 84/265 (31%)"
+    assert progress_of("eval:  10%|█ | 1/10 [00:01]\reval:  20%|██ | 2/10 [00:02]\r") == "eval 2/10 (20%)"
+    assert progress_of("WARNING some library warning") is None
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    with step_lines(tmp_path, verbose=False):
+        print("12:00:03.200 - INFO - Executing task \x1b[36m'sft-op'\x1b[0m")
+        print("    INFO components.sft.pretrain: copy pretraining step 50/100 loss 2.0")
+        print("12:00:05.100 - INFO - Task \x1b[36m'sft-op'\x1b[0m finished with status \x1b[32mSUCCESS\x1b[0m")
+    shown = terminal.getvalue()
+    assert "copy pretraining 50/100 (50%)" in shown
+    assert shown.rstrip().splitlines()[-1].split("\x1b[2K")[-1].split()[:2] == ["sft-op", "SUCCESS"]
