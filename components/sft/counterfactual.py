@@ -149,7 +149,7 @@ def swap_messages(messages: Sequence[Mapping[str, Any]], rng: random.Random) -> 
     return Swap(out, word_map, number_map, phrase_map)
 
 
-_ROW_ONLY = ("question", "category", "final_answer", "requires_search")  # read here, not by the collator
+ROW_COLUMNS = ("question", "category", "final_answer", "requires_search")  # read here, not by the collator
 DIRECT_GIVE_UP_REASON = "This needs a search and I have no search: I cannot tell it from the image alone."
 
 
@@ -212,7 +212,7 @@ class CounterfactualTransform:
             if self.direct_share and question and self.rng.random() < self.direct_share:
                 m = direct_row(m, question, bool(batch["requires_search"][i]), self.version)
             messages.append(m)
-        out = {k: v for k, v in batch.items() if k not in _ROW_ONLY}  # e.g. ``length`` for the sampler
+        out = {k: v for k, v in batch.items() if k not in ROW_COLUMNS}  # e.g. ``length`` for the sampler
         out["messages"] = messages
         if images is not None:
             out["images"] = images

@@ -21,11 +21,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from components.sft.counterfactual import CounterfactualTransform, swap_messages
+from components.sft.counterfactual import ROW_COLUMNS, CounterfactualTransform, swap_messages
 
 log = logging.getLogger(__name__)
 TRAIN_COLUMNS = ("messages", "images", "length")  # length: tokens, for the length-grouped sampler
-ROW_COLUMNS = ("question", "category", "final_answer", "requires_search")  # what redraws and direct rows read
 
 
 @dataclass
