@@ -395,6 +395,10 @@ class DatagenSettings(_Section):
     world: str | None = Field(
         None, description="world.json of the offline world for the oracle teacher; default: the "
         "world.json found above the seed VQA folder (OUT/vqa/<split> -> OUT/world.json).")
+    oracle_summary_answers: bool = Field(
+        True, description="Oracle teacher: answer a one-hop question from the image search's summary when "
+        "it states the fact (what a good model does); off: always search the text first, so every "
+        "search-required trajectory copies the returned name into a query.")
     oracle_requeries: int = Field(
         2, ge=0, le=8, description="Oracle teacher: text re-queries when a result misses the fact.")
     taxonomy_prompt_version: str = Field(

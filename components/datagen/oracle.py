@@ -9,7 +9,8 @@ plans the trajectory a good model would take — but it answers only from what t
 - search-required: one image search (a crop, by box or by region phrase, when the question is
   about one region of a scene; else the whole image); it picks the entity among the names the
   search returned (the gold one if it is there — an expert recognises it — else the top guess);
-  then text searches along the hop chain, each fact extracted from the returned summary with the
+  then text searches along the hop chain (a one-hop fact the image search's summary already states
+  is answered from it, unless ``summary_answers`` is off: then it always searches the text), each fact extracted from the returned summary with the
   page's phrasing; a result that misses the fact is re-queried with another query; when the
   re-queries run out it gives up. The gold answer is never read, so it can be wrong, and wrong
   trajectories are filtered out like any teacher's.
@@ -175,7 +176,7 @@ def _visual_answer(category: str, image: Image.Image) -> str:
 
 
 def plan_turn(gold: Gold, image: Image.Image, history: list[tuple[Action, str]], names: list[str],
-              requeries: int = 2) -> Action:
+              requeries: int = 2, summary_answers: bool = True) -> Action:
     """The next action given the previous ones and the information each got back."""
     if not gold.requires_search:
         if not gold.category.startswith(_VISUAL_PREFIX):
@@ -192,13 +193,13 @@ def plan_turn(gold: Gold, image: Image.Image, history: list[tuple[Action, str]],
                        GIVE_UP_ANSWER)
     subject = gold.entity_name if gold.entity_name in found else found[0]
     texts = [(a.query or "", info) for a, info in history if a.kind == ActionKind.TEXT_SEARCH]
-    return _follow_chain(gold, subject, image_info, texts, names, requeries)
+    return _follow_chain(gold, subject, image_info, texts, names, requeries, summary_answers)
 
 
 def _follow_chain(gold: Gold, subject: str, image_info: str, texts: list[tuple[str, str]],
-                  names: list[str], requeries: int) -> Action:
+                  names: list[str], requeries: int, summary_answers: bool = True) -> Action:
     stage, misses, value = 0, 0, None
-    if len(gold.chain) == 1:  # the image search's own summary may already state the fact
+    if len(gold.chain) == 1 and summary_answers:  # the image search's own summary may already state the fact
         value = extract(image_info, subject, gold.chain[0], names)
     for _, info in texts:
         if value is not None:
@@ -270,8 +271,9 @@ class OracleGenerator:
     tokenizer = None
     lockstep = False
 
-    def __init__(self, world: World, items: list[VQAItem], root: Path, requeries: int = 2):
-        self.world, self.requeries = world, requeries
+    def __init__(self, world: World, items: list[VQAItem], root: Path, requeries: int = 2,
+                 summary_answers: bool = True):
+        self.world, self.requeries, self.summary_answers = world, requeries, summary_answers
         self._gold: dict[tuple[str, str], Gold] = {}
         missing = [i.id for i in items if i.id not in world.gold]
         if missing:
@@ -293,7 +295,8 @@ class OracleGenerator:
         gold = self._gold.get((question, pixel_key(request.images[0])))
         if gold is None:
             return GenOutput(text="", stop_reason="error", error=f"oracle: unknown question {question[:80]!r}")
-        action = plan_turn(gold, request.images[0], history_of(messages), self.world.names, self.requeries)
+        action = plan_turn(gold, request.images[0], history_of(messages), self.world.names, self.requeries,
+                            self.summary_answers)
         text = render_action(action)
         return GenOutput(text=text, stop_reason="stop_string", stop=f"</{text.rsplit('</', 1)[1]}")
 

@@ -209,3 +209,14 @@ async def test_missing_categories_are_classified_by_the_teacher_endpoint(openai_
     assert len(openai_server.requests) == 2
     assert "- nature/species" in openai_server.requests[0]["body"]["messages"][0]["content"]
     assert await assign_categories(Settings(profile="tiny"), items[:1]) == {"a": UNCATEGORISED}
+
+
+def test_a_fact_in_the_image_summary_is_answered_from_it_unless_summary_answers_is_off():
+    img = Image.new("RGB", (8, 8))
+    info = IMAGE_INFO + " It was completed in 1902. Completed: 1902."
+    hist = [(_img_search(), info)]
+    assert plan_turn(_gold(), img, hist, NAMES).answer == "1902"  # what a good model does
+    act = plan_turn(_gold(), img, hist, NAMES, summary_answers=False)  # text-first: copy the name first
+    assert act.kind == ActionKind.TEXT_SEARCH and act.query.startswith("Gleimul Palace")
+    hist.append((act, TEXT_INFO))
+    assert plan_turn(_gold(), img, hist, NAMES, summary_answers=False).answer == "1902"
