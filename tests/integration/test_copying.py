@@ -3,7 +3,7 @@
 A test entity never appears in training, so the only way to answer it is to read the image
 search's result and copy the name into the text query (issue 12). This trains the tiny profile
 for a reduced run — its own 400-entity world, oracle datagen through the REAL tool-server on
-loopback, copy pretraining (the profile's steps), ONE SFT epoch instead of three — then runs the
+loopback, copy pretraining (the profile's steps), TWO SFT epochs instead of six — then runs the
 agent on the world's test split (unseen entities) and asserts:
 
 - most agent trajectories' first text query holds the name the image search returned
@@ -11,7 +11,7 @@ agent on the world's test split (unseen entities) and asserts:
 - the name-swap probe: with the name inside ``<information>`` replaced by a fresh invented name,
   the next query holds the FRESH name in most cases — the model copies, it does not recall.
 
-Minutes, not a benchmark (~8 on 2 cores; most of it copy pretraining). A GPU run would add
+Minutes, not a benchmark (~11 on 2 cores; most of it copy pretraining). A GPU run would add
 nothing to what this proves; the paper profile starts from a pretrained VLM that already copies.
 Run: ``.venv/bin/python -m pytest -q tests/integration/test_copying.py``.
 """
@@ -56,7 +56,7 @@ def trained(tmp_path_factory):
         settings = Settings(profile="tiny", tools={"url": url, "token": TOKEN},
                             storage={"root": str(root / "store")},
                             tracking={"uri": f"sqlite:///{root / 'mlflow.db'}"},
-                            sft={"epochs": 1}, evaluate={"limit": N_EVAL, "out_dir": str(root / "eval")},
+                            sft={"epochs": 2}, evaluate={"limit": N_EVAL, "out_dir": str(root / "eval")},
                             model={"name_or_path": str(root / "no-model-yet")})
         data = run_datagen(settings, root / "world" / "vqa" / "train", "oracle", N_ROWS, root / "datagen")
         sft = run_sft(settings, data.dataset_uri, "", open_store(settings).uri("checkpoints", "copy-sft"),
