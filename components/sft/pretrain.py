@@ -50,6 +50,12 @@ class CopyPretrainConfig:
     log_every: int = 50
 
 
+def lr_scale(step: int, steps: int) -> float:
+    """The pretraining stages' schedule: linear warm-up over the first 5 %, cosine decay to a tenth."""
+    warm = min(1.0, step / max(1, steps // 20))
+    return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+
+
 def copy_segment(processor: Any, messages: Sequence[dict[str, Any]]) -> str | None:
     """The conversation's chat-template text from its first ``<information>`` on (None: no search)."""
     text = processor.apply_chat_template([dict(m) for m in messages], tokenize=False)
@@ -88,10 +94,8 @@ def copy_pretrain(model: Any, processor: Any, conversations: Sequence[Sequence[d
     model.train()
     started = time.perf_counter()
     for step in range(1, config.steps + 1):
-        warm = min(1.0, step / max(1, config.steps // 20))
-        decay = 0.1 + 0.45 * (1 + math.cos(math.pi * step / config.steps))
         for group in opt.param_groups:
-            group["lr"] = config.learning_rate * warm * decay
+            group["lr"] = config.learning_rate * lr_scale(step, config.steps)
         texts = [copy_drill(rng) if rng.random() < config.synthetic_share
                  else copy_segment(processor, swap_messages(rng.choice(searched), rng).messages)
                  for _ in range(config.batch_size)]

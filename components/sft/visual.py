@@ -15,7 +15,7 @@ from scratch — the analogue of starting from a pretrained vision encoder: batc
 rows only (short: ~120 tokens with the t1 prompt), the loss on the model's answer turn, the vision
 tower and the language model both trained.
 
-Import-only: ``redraw(messages, question, category, final_answer, rng)``,
+Import-only: ``redraw(VisualRow(messages, question, category, final_answer), rng)``,
 ``visual_pretrain(model, processor, rows, VisualPretrainConfig(steps=300))``.
 Tests: ``pytest tests/unit/sft/test_visual.py``.
 """
@@ -23,7 +23,6 @@ Tests: ``pytest tests/unit/sft/test_visual.py``.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import re
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from components.sft.pretrain import lr_scale
 from components.world.visual import VISUAL_KINDS, make_visual
 
 log = logging.getLogger(__name__)
@@ -126,10 +126,8 @@ def visual_pretrain(model: Any, processor: Any, rows: Sequence[VisualRow], confi
     model.train()
     started = time.perf_counter()
     for step in range(1, config.steps + 1):
-        warm = min(1.0, step / max(1, config.steps // 20))
-        decay = 0.1 + 0.45 * (1 + math.cos(math.pi * step / config.steps))
         for group in opt.param_groups:
-            group["lr"] = config.learning_rate * warm * decay
+            group["lr"] = config.learning_rate * lr_scale(step, config.steps)
         drawn = [redraw(rng.choice(templates), rng) for _ in range(config.batch_size)]
         texts = [processor.apply_chat_template(_with_image(m), tokenize=False) for m, _, _ in drawn]
         enc = processor(text=texts, images=[[img] for _, img, _ in drawn], return_tensors="pt", padding=True)
