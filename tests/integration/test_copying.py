@@ -19,6 +19,7 @@ Run: ``.venv/bin/python -m pytest -q tests/integration/test_copying.py``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from components.sft.train import run_sft
 from components.world.entities import Namer
 from tests.fixtures.toolserver import TOKEN, start_toolserver, tool_settings
 
+log = logging.getLogger(__name__)
 pytestmark = pytest.mark.slow
 N_ROWS = 2000  # what the smoke pipeline generates from a 400-entity world
 N_EVAL = 80  # test items; about half of them search-required
@@ -76,6 +78,7 @@ def _samples(out_dir: Path):
 def test_queries_hold_the_name_the_image_search_returned(trained):
     _, _, out = trained
     copies = [c for c in map(copied_name, _samples(out)) if c is not None]
+    log.info("copied the returned name in %d of %d first text queries", sum(copies), len(copies))
     assert len(copies) >= 15, f"only {len(copies)} trajectories searched the image and then the text"
     assert sum(copies) / len(copies) > 0.5, f"copied in {sum(copies)} of {len(copies)} trajectories"
 
@@ -116,8 +119,12 @@ def test_swapping_the_name_in_information_swaps_it_in_the_query(trained):
             await gen.aclose()
 
     results = asyncio.run(run_all())
+    log.info("name-swap probe over %d trajectories: %s", len(results),
+             [(n, q, f, sq) for n, q, f, sq in results])
     held = sum(bool(q) and n.lower() in q.lower() for n, q, _, _ in results)
     swapped = sum(bool(q) and f.lower() in q.lower() for _, _, f, q in results)
     recalled = sum(bool(q) and n.lower() in q.lower() for n, _, _, q in results)
+    log.info("probe: original name held %d, fresh name held %d, original after the swap %d (of %d)",
+             held, swapped, recalled, len(results))
     assert swapped / len(results) > 0.5, f"fresh name copied in {swapped} of {len(results)} (original {held})"
     assert recalled < swapped  # after the swap the ORIGINAL name rarely comes back: it was read, not recalled
