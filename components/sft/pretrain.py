@@ -77,6 +77,39 @@ def copy_drill(rng: random.Random) -> str:
             + "\n</information>\n" + " ".join(f"<reason>{n}: {years[n]}.</reason>" for n in asked))
 
 
+def train_stage(model: Any, name: str, steps: int, learning_rate: float, log_every: int,
+                batch: Callable[[int], dict[str, Any]],
+                on_log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """The pretraining stages' loop: AdamW on the trainable parameters with :func:`lr_scale`, gradient
+    clipping at 1, ``batch(step)`` giving the model's keyword arguments (labels included); every
+    ``log_every`` steps ``<name>/loss``, ``/lr``, ``/seconds`` to the log ("<name with spaces> step
+    N/M", which ``dmms run`` shows as progress) and to ``on_log``. Returns the logged history."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
+    device = next(model.parameters()).device
+    label = name.replace("_", " ").removesuffix("pretrain") + "pretraining"
+    history: list[dict[str, float]] = []
+    model.train()
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate * lr_scale(step, steps)
+        loss = model(**{k: v.to(device) for k, v in batch(step).items()}).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % log_every == 0 or step == steps:
+            entry = {f"{name}/loss": float(loss.item()), f"{name}/lr": opt.param_groups[0]["lr"],
+                     f"{name}/seconds": time.perf_counter() - started}
+            history.append({**entry, "step": step})
+            log.info("%s step %d/%d loss %.4f", label, step, steps, entry[f"{name}/loss"])
+            if on_log is not None:
+                on_log(step, entry)
+    model.eval()
+    return history
+
+
 def copy_pretrain(model: Any, processor: Any, conversations: Sequence[Sequence[dict[str, Any]]],
                   config: CopyPretrainConfig,
                   on_log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
@@ -87,15 +120,8 @@ def copy_pretrain(model: Any, processor: Any, conversations: Sequence[Sequence[d
         raise ValueError("copy pretraining needs rows with an <information> turn: the dataset has none")
     rng = random.Random(config.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
-                            betas=(0.9, 0.95), weight_decay=0.0)
-    device = next(model.parameters()).device
-    history: list[dict[str, float]] = []
-    model.train()
-    started = time.perf_counter()
-    for step in range(1, config.steps + 1):
-        for group in opt.param_groups:
-            group["lr"] = config.learning_rate * lr_scale(step, config.steps)
+
+    def batch(step: int) -> dict[str, Any]:
         texts = [copy_drill(rng) if rng.random() < config.synthetic_share
                  else copy_segment(processor, swap_messages(rng.choice(searched), rng).messages)
                  for _ in range(config.batch_size)]
@@ -106,18 +132,6 @@ def copy_pretrain(model: Any, processor: Any, conversations: Sequence[Sequence[d
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
             att[i, : len(r)] = 1
-        ids, att = ids.to(device), att.to(device)
-        loss = model(input_ids=ids, attention_mask=att, labels=ids.masked_fill(att == 0, -100)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % config.log_every == 0 or step == config.steps:
-            entry = {"copy_pretrain/loss": float(loss.item()), "copy_pretrain/lr": opt.param_groups[0]["lr"],
-                     "copy_pretrain/seconds": time.perf_counter() - started}
-            history.append({**entry, "step": step})
-            log.info("copy pretraining step %d/%d loss %.4f", step, config.steps, entry["copy_pretrain/loss"])
-            if on_log is not None:
-                on_log(step, entry)
-    model.eval()
-    return history
+        return {"input_ids": ids, "attention_mask": att, "labels": ids.masked_fill(att == 0, -100)}
+
+    return train_stage(model, "copy_pretrain", config.steps, config.learning_rate, config.log_every, batch, on_log)

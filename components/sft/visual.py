@@ -25,14 +25,14 @@ from __future__ import annotations
 import logging
 import random
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from components.sft.pretrain import lr_scale
+from components.sft.data import _with_image
+from components.sft.pretrain import train_stage
 from components.world.visual import VISUAL_KINDS, make_visual
 
 log = logging.getLogger(__name__)
@@ -92,13 +92,6 @@ class VisualPretrainConfig:
     log_every: int = 50
 
 
-def _with_image(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = [dict(m) for m in messages]
-    first = next(i for i, m in enumerate(out) if m["role"] == "user")
-    out[first] = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": out[first]["content"]}]}
-    return out
-
-
 def _answer_labels(ids: torch.Tensor, att: torch.Tensor, im_start: int) -> torch.Tensor:
     """Labels: the tokens after the last ``<|im_start|>`` (the model's answer turn, its role header
     excluded: the next two tokens, ``assistant`` and the newline); everything else -100."""
@@ -116,34 +109,13 @@ def visual_pretrain(model: Any, processor: Any, rows: Sequence[VisualRow], confi
     templates = [r for r in rows if redraw(r, random.Random(0)) is not None]
     if not templates:
         raise ValueError("visual pretraining needs search-free visual rows (category visual/...): the dataset has none")
-    tokenizer = processor.tokenizer
-    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    im_start = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
     rng = random.Random(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
-    device = next(model.parameters()).device
-    history: list[dict[str, float]] = []
-    model.train()
-    started = time.perf_counter()
-    for step in range(1, config.steps + 1):
-        for group in opt.param_groups:
-            group["lr"] = config.learning_rate * lr_scale(step, config.steps)
+
+    def batch(step: int) -> dict[str, Any]:
         drawn = [redraw(rng.choice(templates), rng) for _ in range(config.batch_size)]
-        texts = [processor.apply_chat_template(_with_image(m), tokenize=False) for m, _, _ in drawn]
+        texts = [processor.apply_chat_template(_with_image(m, 1), tokenize=False) for m, _, _ in drawn]
         enc = processor(text=texts, images=[[img] for _, img, _ in drawn], return_tensors="pt", padding=True)
-        enc = {k: v.to(device) for k, v in enc.items()}
-        labels = _answer_labels(enc["input_ids"], enc["attention_mask"], im_start)
-        loss = model(**enc, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % config.log_every == 0 or step == config.steps:
-            entry = {"visual_pretrain/loss": float(loss.item()), "visual_pretrain/lr": opt.param_groups[0]["lr"],
-                     "visual_pretrain/seconds": time.perf_counter() - started}
-            history.append({**entry, "step": step})
-            log.info("visual pretraining step %d/%d loss %.4f", step, config.steps, entry["visual_pretrain/loss"])
-            if on_log is not None:
-                on_log(step, entry)
-    model.eval()
-    return history
+        return {**enc, "labels": _answer_labels(enc["input_ids"], enc["attention_mask"], im_start)}
+
+    return train_stage(model, "visual_pretrain", config.steps, config.learning_rate, config.log_every, batch, on_log)
