@@ -22,7 +22,7 @@ from kfp import dsl
 
 from components.common.settings import Settings
 from components.kfp.ops import Ops
-from pipelines.tasks import CPU, CPU_CACHED, CPU_RETRY, GPU, GRPO, Placement, configure
+from pipelines.tasks import CPU, CPU_CACHED, CPU_RETRY, GPU, GRPO, SFT, Placement, configure
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
@@ -99,7 +99,7 @@ def train_stage(b: Build, name: str):
             data = b.place(b.ops.datagen(world_uri=world_uri, seed_vqa_uri=seed_vqa_uri, teacher=teacher,
                                          n=datagen_n, tools_url=tools_url, run_id=RUN_ID), CPU_RETRY)
             data.set_display_name("datagen")
-            sft = b.place(b.ops.sft(data_uri=data.outputs["Output"], base_model=base_model, run_id=RUN_ID), GPU)
+            sft = b.place(b.ops.sft(data_uri=data.outputs["Output"], base_model=base_model, run_id=RUN_ID), SFT)
             sft.set_display_name("sft")
             grpo = b.place(b.ops.grpo(data_uri=data.outputs["Output"], model_uri=sft.outputs["checkpoint_uri"],
                                       tools_url=tools_url, run_id=RUN_ID, prompts_uri=rl_prompts_uri,

@@ -8,6 +8,11 @@ YAML for exactly these settings. ``Placement`` says what a task needs; :func:`co
 - GPU steps: accelerator type and count, CPU/memory, the GPU node pool's node selector and
   tolerations, ``/dev/shm`` as a memory emptyDir (NCCL and DataLoader workers need more than 64 MB);
 - retries with exponential backoff on preemptible steps; caching only on deterministic steps;
+- Kueue: every pod that requests GPUs carries ``kueue.x-k8s.io/queue-name`` (``pipelines.kueue_queue``),
+  so a cluster whose GPUs are under Kueue admits it (Kueue's pod integration);
+- the training steps (``trains``): with ``pipelines.nodes`` > 1 they only launch and watch a
+  TrainJob (components/common/trainjob.py), so their own pod is a small CPU pod with its identity
+  (POD_NAME/POD_UID/POD_NAMESPACE from the downward API) for the TrainJob's owner reference;
 - the GRPO step (``rollout_launcher``): what components/grpo/servers.py needs to start its vLLM
   rollout server (manifests/README.md): the pod label ``deepmmsearch.io/role: grpo-trainer`` (the
   NetworkPolicies let rollout pods reach it), POD_NAME/POD_UID/POD_NAMESPACE from the downward API
@@ -28,6 +33,7 @@ from components.common.settings import Settings
 from components.grpo.rollout_pods import ROLE_LABEL, TEMPLATE_PATHS
 
 SHM_VOLUME = "dshm"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TRAINER_ROLE = "grpo-trainer"
 ROLLOUT_TEMPLATE_CONFIGMAP = "rollout-pod-template"
 POD_FIELD_ENV = {"POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace"}
@@ -39,13 +45,15 @@ class Placement:
     retry: bool = False
     cache: bool = False
     rollout_launcher: bool = False  # the GRPO step: starts its vLLM rollout server on Kubernetes
+    trains: bool = False  # SFT/GRPO: with pipelines.nodes > 1 a TrainJob trains, this pod launches it
 
 
 CPU_CACHED = Placement(cache=True)
 CPU = Placement()
 CPU_RETRY = Placement(retry=True)
 GPU = Placement(gpu=True, retry=True)
-GRPO = Placement(gpu=True, retry=True, rollout_launcher=True)
+SFT = Placement(gpu=True, retry=True, trains=True)
+GRPO = Placement(gpu=True, retry=True, rollout_launcher=True, trains=True)
 
 
 def configure(task: dsl.PipelineTask, settings: Settings, place: Placement, *, profile: str,
@@ -64,23 +72,27 @@ def configure(task: dsl.PipelineTask, settings: Settings, place: Placement, *, p
         kubernetes.use_secret_as_env(task, name, keys)
     for name, keys in p.optional_secrets.items():
         kubernetes.use_secret_as_env(task, name, keys, optional=True)
-    if place.gpu and gpu_pool:
+    trainjob = place.trains and p.nodes > 1  # the ranks run in a TrainJob; this pod only watches it
+    if place.gpu and gpu_pool and not trainjob:
         _gpu(task, settings)
     else:
         task.set_cpu_limit(p.cpu_cpu).set_memory_limit(p.cpu_memory)
+    if place.rollout_launcher or trainjob:
+        _pod_identity(task)
+    if place.rollout_launcher and not trainjob:  # with a TrainJob, its node-0 pod is the trainer
+        kubernetes.add_pod_label(task, ROLE_LABEL, TRAINER_ROLE)
     if place.rollout_launcher:
-        _rollout_launcher(task)
+        # optional: a step that does not launch (use_vllm off) must not hang on a missing ConfigMap;
+        # one that does says "no rollout template at /etc/dmms/rollout/..." (rollout_pods.load_template)
+        kubernetes.use_config_map_as_volume(task, ROLLOUT_TEMPLATE_CONFIGMAP,
+                                            mount_path=str(TEMPLATE_PATHS[0].parent), optional=True)
     return task
 
 
-def _rollout_launcher(task: dsl.PipelineTask) -> None:
-    kubernetes.add_pod_label(task, ROLE_LABEL, TRAINER_ROLE)
+def _pod_identity(task: dsl.PipelineTask) -> None:
+    """POD_NAME/POD_UID/POD_NAMESPACE: what the step creates (rollout server, TrainJob) is owned by its pod."""
     for env, field_path in POD_FIELD_ENV.items():
         kubernetes.use_field_path_as_env(task, env, field_path)
-    # optional: a step that does not launch (use_vllm off) must not hang on a missing ConfigMap;
-    # one that does says "no rollout template at /etc/dmms/rollout/..." (rollout_pods.load_template)
-    kubernetes.use_config_map_as_volume(task, ROLLOUT_TEMPLATE_CONFIGMAP, mount_path=str(TEMPLATE_PATHS[0].parent),
-                                        optional=True)
 
 
 def _gpu(task: dsl.PipelineTask, settings: Settings) -> None:
@@ -90,6 +102,8 @@ def _gpu(task: dsl.PipelineTask, settings: Settings) -> None:
     task.set_memory_request(p.gpu_memory).set_memory_limit(p.gpu_memory)
     for key, value in p.gpu_node_selector.items():
         kubernetes.add_node_selector(task, key, value)
+    if p.kueue_queue:
+        kubernetes.add_pod_label(task, QUEUE_LABEL, p.kueue_queue)
     for tol in p.gpu_tolerations:
         kubernetes.add_toleration(task, key=tol.get("key"), operator=tol.get("operator"),
                                   value=tol.get("value"), effect=tol.get("effect"))

@@ -130,11 +130,42 @@ def prepare_resume(store: ObjectStore, out_uri: str, output_dir: Path) -> tuple[
     return str(local), ref.uri
 
 
-def save_merged(trainer, dest: Path) -> Path:
-    """Save the trained model with LoRA merged in (if any), plus processor/tokenizer/chat template."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
+def save_merged(trainer, dest: Path, base_model: str | None = None) -> Path | None:
+    """Save the trained model with LoRA merged in (if any), plus processor/tokenizer/chat template.
+
+    Every rank calls it: under FSDP the full weights are gathered collectively (``trainer.save_model``
+    with the FULL_STATE_DICT the launch config asks for) and rank 0 merges a LoRA adapter into
+    ``base_model`` on the CPU. Returns ``dest`` on the main process, None on the others."""
+    acc = trainer.accelerator
+    if getattr(acc, "is_fsdp2", False) or str(acc.distributed_type).endswith("FSDP"):
+        gathered = dest.with_name(dest.name + "-gathered")
+        trainer.save_model(str(gathered))  # collective: every rank takes part, rank 0 writes
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return None
+        _merge_saved(gathered, dest, base_model)
+        trainer.processing_class.save_pretrained(dest)
+        shutil.rmtree(gathered, ignore_errors=True)
+        return dest
+    if not acc.is_main_process:
+        return None
+    model = acc.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.save_pretrained(dest)
     trainer.processing_class.save_pretrained(dest)
     return dest
+
+
+def _merge_saved(saved: Path, dest: Path, base_model: str | None) -> None:
+    """A folder ``save_model`` wrote (full weights, or a LoRA adapter) as a plain merged checkpoint."""
+    if not (saved / "adapter_config.json").is_file():
+        shutil.copytree(saved, dest, dirs_exist_ok=True)
+        return
+    if not base_model:
+        raise ValueError(f"{saved} holds a LoRA adapter: the base model it was trained on is needed to merge it")
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(base_model, dtype="float32")
+    PeftModel.from_pretrained(base, saved).merge_and_unload().save_pretrained(dest)

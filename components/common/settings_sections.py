@@ -442,7 +442,20 @@ class PipelinesSettings(_Section):
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         description="Tolerations of the GPU steps (key, operator, value?, effect).")
     gpu_accelerator: str = Field("nvidia.com/gpu", description="Accelerator resource the GPU steps request.")
-    gpu_count: int = Field(1, ge=1, description="GPUs per GPU step (paper profile: 8).")
+    gpu_count: int = Field(1, ge=1, description="GPUs per GPU step and node (paper profile: 8); SFT and GRPO "
+                           "start one training rank per GPU (components/common/launch.py).")
+    nodes: int = Field(1, ge=1, le=64, description="Nodes of the SFT and GRPO steps: > 1 runs them as a Kubeflow "
+                       "Trainer v2 TrainJob of nodes x gpu_count ranks (components/common/trainjob.py).")
+    fsdp: bool = Field(True, description="Shard multi-GPU training with FSDP full-shard (decoder layers wrapped, "
+                       "fp32 master shards, bf16 compute); false: DDP (each rank holds the whole model).")
+    kueue_queue: str = Field(
+        "deepmmsearch-gpu", description="Kueue LocalQueue that admits every GPU workload (GPU step pods, TrainJobs, "
+        "rollout servers): the kueue.x-k8s.io/queue-name label; empty: no label (a cluster without Kueue).")
+    trainjob_runtime: str = Field("torch-distributed",
+                                  description="ClusterTrainingRuntime the TrainJob of a multi-node step uses.")
+    trainjob_timeout_s: float = Field(7 * 24 * 3600.0, gt=0,
+                                      description="How long a multi-node step waits for its TrainJob to finish.")
+    trainjob_poll_s: float = Field(10.0, gt=0, description="Poll interval of a multi-node step on its TrainJob.")
     gpu_cpu: str = Field("8", description="CPU request/limit of a GPU step.")
     gpu_memory: str = Field("64Gi", description="Memory request/limit of a GPU step.")
     shm_size: str = Field("16Gi", description="Size of the /dev/shm memory emptyDir of GPU steps.")

@@ -43,6 +43,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
+from components.common.launch import is_main_process, process_rank
 from components.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,10 @@ def tracked_run(settings: Settings, step: str, run_name: str | None = None,
     """
     if not settings.tracking.enabled:
         log.info("tracking disabled (DMMS_TRACKING__ENABLED=false): step %s logs nothing to MLflow", step)
+        yield RunHandle(None, None)
+        return
+    if not is_main_process():  # one run per step: rank 0 logs for all ranks (components/common/launch.py)
+        log.debug("rank %d: step %s logs through rank 0's MLflow run", process_rank(), step)
         yield RunHandle(None, None)
         return
     mlc = client(settings)  # also points MLflow's process-wide target at our stores

@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
+from components.common import kube
 from components.grpo.distributed.vllm_server import vllm_serve_command, vllm_serve_env
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,9 @@ TEMPLATE_PATHS = (
     Path("/etc/dmms/rollout/rollout-template.yaml"),  # the ConfigMap, mounted by the pipeline
     Path(__file__).resolve().parents[2] / "manifests/base/rollout/rollout-template.yaml",  # a checkout
 )
-SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-DEFAULT_NAMESPACE = "deepmmsearch"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 ROLE_LABEL, ROLE = "deepmmsearch.io/role", "rollout"  # set by the template; what the NetworkPolicies select
 RUN_LABEL = "deepmmsearch.io/run"  # the pipeline run that launched a server (its exit handler cleans up)
-SA_TOKEN_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 SERVER_PORT = 8000
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
@@ -99,23 +96,15 @@ def load_template(path: str | Path | None = None) -> tuple[dict, dict]:
 
 
 def owner_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """An ownerReference to the current pod, from POD_NAME/POD_UID (downward API). blockOwnerDeletion
-    stays false: setting it would need update rights on pods/finalizers, which the Role does not grant."""
-    name, uid = env.get("POD_NAME"), env.get("POD_UID")
-    if not name or not uid:
-        raise RolloutError("POD_NAME and POD_UID are not set: expose metadata.name and metadata.uid to "
-                           "the step through the downward API (kfp-kubernetes use_field_path_as_env), so "
-                           "the rollout server is owned by the step's pod and cannot leak")
-    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid,
-            "controller": False, "blockOwnerDeletion": False}
+    """An ownerReference to the step's pod (:func:`components.common.kube.owner_from_env`)."""
+    try:
+        return kube.owner_from_env(env)
+    except kube.KubeError as exc:
+        raise RolloutError(str(exc)) from None
 
 
 def current_namespace(env: Mapping[str, str] = os.environ) -> str:
-    if env.get("POD_NAMESPACE"):
-        return env["POD_NAMESPACE"]
-    if SA_NAMESPACE_FILE.is_file():
-        return SA_NAMESPACE_FILE.read_text().strip()
-    return DEFAULT_NAMESPACE
+    return kube.current_namespace(env)
 
 
 def build_objects(template: tuple[dict, dict], spec: RolloutSpec, *, name: str, namespace: str,
@@ -306,7 +295,7 @@ def run_label_value(run_id: str) -> str:
 
 def in_cluster(env: Mapping[str, str] = os.environ) -> bool:
     """True inside a pod that can talk to its API server (service host set, token mounted)."""
-    return bool(env.get("KUBERNETES_SERVICE_HOST")) and SA_TOKEN_FILE.is_file()
+    return kube.in_cluster(env)
 
 
 def delete_by_label(namespace: str, selector: Mapping[str, str], *, api_client: k8s.ApiClient | None = None,
@@ -348,14 +337,9 @@ def delete_by_label(namespace: str, selector: Mapping[str, str], *, api_client: 
 
 def _default_api_client() -> k8s.ApiClient:
     try:
-        k8s_config.load_incluster_config()
-    except k8s_config.ConfigException:
-        try:
-            k8s_config.load_kube_config()
-        except (k8s_config.ConfigException, OSError) as exc:
-            raise RolloutError("no Kubernetes credentials: run inside a pod with the dmms-pipeline-runner "
-                               "service account, or point KUBECONFIG at a cluster") from exc
-    return k8s.ApiClient()
+        return kube.default_api_client()
+    except kube.KubeError as exc:
+        raise RolloutError(str(exc)) from None
 
 
 def _is_ready(dep: Any) -> bool:

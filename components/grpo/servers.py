@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from components.common.settings import Settings
+from components.common.trainjob import QUEUE_LABEL
 from components.grpo.rollout_pods import (
     RUN_LABEL,
     RolloutError,
@@ -48,7 +49,8 @@ def rollout_spec(settings: Settings, run_id: str = "") -> RolloutSpec:
         image=p.train_image,
         node_selector=dict(p.gpu_node_selector),
         tolerations=[dict(t) for t in p.gpu_tolerations],
-        labels={RUN_LABEL: run_label_value(run_id)} if run_id else {},
+        labels={**({RUN_LABEL: run_label_value(run_id)} if run_id else {}),
+                **({QUEUE_LABEL: p.kueue_queue} if p.kueue_queue else {})},  # admitted by Kueue
     )
 
 

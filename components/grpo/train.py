@@ -37,6 +37,7 @@ from components.common.checkpoints import (
     prepare_resume,
     save_merged,
 )
+from components.common.launch import Runner, launch_plan, launch_step, rollout_env, run_subprocess
 from components.common.settings import Settings
 from components.common.storage import MANIFEST, StorageError, join_uri, open_store, publish_dir
 from components.common.tracking import tracked_run
@@ -104,10 +105,11 @@ def run_grpo(settings: Settings, data_uri: str, model: str, out_uri: str, work_d
             run.set_tags(judge_tags(trainer.reward_funcs[0].judge))
             output = trainer.train(resume_from_checkpoint=resume_path)
             step = trainer.state.global_step
-            if not trainer.accelerator.is_main_process:
+            final_dir = save_merged(trainer, work / "final", base_model=model)  # every rank (FSDP gathers)
+            if final_dir is None:  # not rank 0: rank 0 publishes and reports
                 trainer.accelerator.wait_for_everyone()
                 return GRPOResult(final_uri="", manifest_sha256="", data_uri=data_uri, global_step=step)
-            final_ref = publish_dir(store, save_merged(trainer, work / "final"), out_uri, version=FINAL,
+            final_ref = publish_dir(store, final_dir, out_uri, version=FINAL,
                                     metadata={"kind": "merged_model", "global_step": step, "data_uri": data_uri,
                                               "base_model": model, "resumed_from": resumed_from})
             trainer.accelerator.wait_for_everyone()
@@ -119,6 +121,24 @@ def run_grpo(settings: Settings, data_uri: str, model: str, out_uri: str, work_d
     finally:
         if work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def train_step(settings: Settings, data_uri: str, model: str, out_uri: str, *, run_id: str = "",
+               env: dict[str, str] | None = None, runner: Runner = run_subprocess, **launcher) -> GRPOResult:
+    """The GRPO step as a pipeline runs it: ONE vLLM rollout server for the whole step (on the
+    cluster, :func:`components.grpo.servers.rollout_server`), then GRPO in this process, or on one
+    rank per GPU (and node) that all use that server's URL (:func:`components.common.launch.rollout_env`).
+    ``env`` goes to every rank; ``runner`` and ``launcher`` (the rollout launcher's api_client,
+    namespace, owner) are for tests."""
+    from components.grpo.servers import rollout_server
+
+    plan = launch_plan(settings, "grpo")
+    with rollout_server(settings, run_id=run_id, **launcher) as settings:
+        if not plan.distributed:
+            return run_grpo(settings, data_uri, model, out_uri)
+        args = ["--data", data_uri, "--model", model, "--out", out_uri]
+        return GRPOResult(**launch_step(settings, "grpo", args, out_uri, env={**rollout_env(settings), **(env or {})},
+                                        runner=runner))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,11 +153,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", default=None, help="local scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     setup_logging()
+    from components.common.launch import is_main_process, node_local, write_result
     from components.grpo.servers import rollout_server
 
-    with rollout_server(load_settings()) as settings:  # a no-op unless the launcher is on
-        result = run_grpo(settings, args.data, args.model, args.out, work_dir=args.work_dir)
-    log.info("GRPO done: %s (step %d)", result.final_uri, result.global_step)
+    # a no-op under a launcher (it started the server and passed its URL) and off the cluster
+    with rollout_server(load_settings()) as settings:
+        # a TrainJob node fetches store URIs itself (once per node)
+        result = run_grpo(settings, node_local(settings, args.data, keep_versions=True), node_local(settings, args.model), args.out,
+                          work_dir=args.work_dir)
+    if is_main_process():
+        write_result(settings, args.out, result)
+        log.info("GRPO done: %s (step %d)", result.final_uri, result.global_step)
 
 
 if __name__ == "__main__":

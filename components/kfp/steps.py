@@ -77,19 +77,22 @@ def sft_op(data_uri: str, base_model: str, run_id: str, metrics: Output[Metrics]
     import tempfile
     from collections import namedtuple
 
+    from components.common.launch import launch_plan
     from components.common.logging import setup_logging
     from components.common.storage import open_store
     from components.kfp.io import bind_run, local_model
-    from components.sft.train import run_sft
+    from components.sft.train import train_step
 
     setup_logging()
     settings = bind_run(run_id)
     # The run id makes the output URI stable across retries of this task: a retried step resumes.
     out_uri = open_store(settings).uri("checkpoints", f"{run_id}-sft")
+    plan = launch_plan(settings, "sft")
     with tempfile.TemporaryDirectory(prefix="dmms-sft-model-") as tmp:
-        # empty: the profile's model (the tiny profile may build it from this dataset inside run_sft)
-        model = local_model(settings, base_model, tmp) if base_model else ""
-        result = run_sft(settings, data_uri, model, out_uri)
+        # empty: the profile's model (the tiny profile may build it from this dataset inside run_sft);
+        # the nodes of a TrainJob fetch a store URI themselves
+        model = local_model(settings, base_model, tmp) if base_model and plan.nodes == 1 else base_model
+        result = train_step(settings, data_uri, model, out_uri)  # one rank per GPU (and node) if > 1
     metrics.log_metric("global_step", result.global_step)
     if result.train_loss is not None:
         metrics.log_metric("train_loss", result.train_loss)
@@ -135,10 +138,10 @@ def grpo_op(data_uri: str, model_uri: str, tools_url: str, run_id: str, metrics:
     from collections import namedtuple
     from pathlib import Path
 
+    from components.common.launch import launch_plan
     from components.common.logging import setup_logging
     from components.common.storage import open_store
-    from components.grpo.servers import rollout_server
-    from components.grpo.train import run_grpo
+    from components.grpo.train import train_step
     from components.kfp.io import bind_run, local_dir, local_model
 
     setup_logging()
@@ -146,13 +149,16 @@ def grpo_op(data_uri: str, model_uri: str, tools_url: str, run_id: str, metrics:
     if tools_url:
         settings.tools.url = tools_url
     out_uri = open_store(settings).uri("checkpoints", f"{run_id}-grpo")
+    plan = launch_plan(settings, "grpo")
     with tempfile.TemporaryDirectory(prefix="dmms-grpo-model-") as tmp:
-        model = local_model(settings, model_uri, tmp)
-        prompts = data_uri if seed_vqa_uri or not prompts_uri else str(local_dir(settings, prompts_uri,
-                                                                                  Path(tmp, "prompts")))
-        # on the cluster (grpo.launch_rollout_servers): a vLLM rollout server for this block only
-        with rollout_server(settings, run_id=run_id) as settings:
-            result = run_grpo(settings, prompts, model, out_uri)
+        # the nodes of a TrainJob fetch store URIs themselves; one node shares this pod's copies
+        model = local_model(settings, model_uri, tmp) if plan.nodes == 1 else model_uri
+        prompts = data_uri if seed_vqa_uri or not prompts_uri else (
+            str(local_dir(settings, prompts_uri, Path(tmp, "prompts"))) if plan.nodes == 1 else prompts_uri)
+        # on the cluster (grpo.launch_rollout_servers): ONE vLLM rollout server for the step, started
+        # here; with gpu_count/nodes > 1 every rank uses it
+        result = train_step(settings, prompts, model, out_uri, run_id=run_id,
+                            env={"DMMS_TOOLS__URL": tools_url} if tools_url else None)
     metrics.log_metric("global_step", result.global_step)
     out = namedtuple("GRPOOutputs", ["checkpoint_uri", "manifest_sha256", "mlflow_run_id"])
     return out(result.final_uri, result.manifest_sha256, result.run_id or "")

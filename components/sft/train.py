@@ -26,6 +26,7 @@ or ``run_sft(load_settings(), data_uri, model_path, out_uri)``. Tests: ``pytest 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import shutil
@@ -44,6 +45,7 @@ from components.common.checkpoints import (
     prepare_resume,
     save_merged,
 )
+from components.common.launch import LaunchError, Runner, launch_plan, launch_step, run_subprocess
 from components.common.settings import Settings
 from components.common.storage import (
     MANIFEST,
@@ -187,10 +189,17 @@ def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
                              "sft.direct_share": rows.direct_share, "sft.redraw_visual": float(rows.redraw_visual)})
             trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
             output = trainer.train(resume_from_checkpoint=resume_path)
-            final_ref = publish_dir(store, save_merged(trainer, work / "final"), out_uri, version=FINAL,
+            final_dir = save_merged(trainer, work / "final", base_model=model)  # every rank (FSDP gathers)
+            if final_dir is None:  # not rank 0: rank 0 publishes and reports
+                trainer.accelerator.wait_for_everyone()
+                return SFTResult(final_uri="", manifest_sha256="", data_uri=data.uri,
+                                 global_step=trainer.state.global_step, trainable_params=trainable,
+                                 lora=not settings.sft.full_finetune)
+            final_ref = publish_dir(store, final_dir, out_uri, version=FINAL,
                                     metadata={"kind": "merged_model", "global_step": trainer.state.global_step,
                                               "data_uri": data.uri, "base_model": model,
                                               "resumed_from": resumed_from})
+            trainer.accelerator.wait_for_everyone()
             sha = hashlib.sha256(store.get_bytes(join_uri(final_ref.uri, MANIFEST))).hexdigest()
             run.set_tags({"dmms.checkpoint_uri": final_ref.uri, "dmms.manifest_sha256": sha})
             return SFTResult(final_uri=final_ref.uri, manifest_sha256=sha, data_uri=data.uri,
@@ -202,3 +211,43 @@ def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
     finally:
         if work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def train_step(settings: Settings, data_uri: str, model: str, out_uri: str, *,
+               runner: Runner = run_subprocess) -> SFTResult:
+    """The SFT step as a pipeline runs it: in this process on one rank, else one rank per GPU (and
+    node) through :func:`components.common.launch.launch_step`; ``runner`` is for tests."""
+    if not launch_plan(settings, "sft").distributed:
+        return run_sft(settings, data_uri, model, out_uri)
+    if not model and settings.profile == "tiny" and settings.model.tiny.tokenizer_corpus == "data":
+        raise LaunchError("the tiny profile builds its model from scratch inside the SFT step, once per process: "
+                          "train it on one rank (DMMS_PIPELINES__GPU_COUNT=1, DMMS_PIPELINES__NODES=1) or "
+                          "pass a base model to start from")
+    args = ["--data", data_uri, "--model", model, "--out", out_uri]
+    return SFTResult(**launch_step(settings, "sft", args, out_uri, runner=runner))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m components.sft.train --data URI --model PATH --out URI``: what each rank runs
+    under ``accelerate launch`` (components/common/launch.py); rank 0 writes ``<out>/result.json``."""
+    from components.common.launch import is_main_process, node_local, write_result
+    from components.common.logging import setup_logging
+    from components.common.settings import load_settings
+
+    parser = argparse.ArgumentParser(description="SFT on a DeepMMSearchVQA version (see components/sft/train.py)")
+    parser.add_argument("--data", required=True, help="dataset version URI, or a dataset name (newest version)")
+    parser.add_argument("--model", default="", help="base model folder or hub id (default: the profile's)")
+    parser.add_argument("--out", required=True, help="object-store prefix for step-N/ and final/")
+    parser.add_argument("--work-dir", default=None, help="local scratch folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    settings = load_settings()
+    model = node_local(settings, args.model) if args.model else ""  # a TrainJob node fetches it
+    result = run_sft(settings, args.data, model, args.out, work_dir=args.work_dir)
+    if is_main_process():
+        write_result(settings, args.out, result)
+        log.info("SFT done: %s (step %d)", result.final_uri, result.global_step)
+
+
+if __name__ == "__main__":
+    main()

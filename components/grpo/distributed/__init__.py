@@ -1,6 +1,3 @@
-"""Distributed-run helpers for GRPO on GPUs: the accelerate/FSDP config for one 8-GPU node
-(``accelerate_fsdp_8gpu.yaml``) and the vLLM server command for rollout pods (``vllm_server``)."""
-
-from pathlib import Path
-
-ACCELERATE_FSDP_8GPU = Path(__file__).with_name("accelerate_fsdp_8gpu.yaml")
+"""Distributed-run helpers for GRPO on GPUs: the vLLM server command for rollout pods (``vllm_server``).
+The multi-GPU launch of the trainer itself (accelerate + FSDP config, ranks, TrainJob) lives in
+components/common/launch.py, shared with SFT."""
