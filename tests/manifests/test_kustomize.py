@@ -23,6 +23,8 @@ MANIFESTS = ROOT / "manifests"
 OVERLAYS = ["local", "dev", "prod"]
 TARGETS = ["base", *OVERLAYS]
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
+CLUSTER_SCOPED = {"Namespace", "ClusterQueue", "ResourceFlavor"}
+QUEUE_LABEL, QUEUE = "kueue.x-k8s.io/queue-name", "deepmmsearch-gpu"
 KUBECTL = shutil.which("kubectl")
 
 pytestmark = pytest.mark.skipif(
@@ -64,7 +66,8 @@ def test_every_object_passes_strict_schema_validation(rendered, target):
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
-            # CRDs have no official schema: warned about, not failed (none are used today).
+            # CRDs have no official schema: warned about, not failed (prod's Kueue objects;
+            # test_prod_ships_the_kueue_objects_the_label_names checks those).
             warnings.warn(f"no schema for {obj['apiVersion']}/{obj['kind']}", stacklevel=1)
         except kubernetes_validate.ValidationError as exc:
             errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
@@ -74,7 +77,9 @@ def test_every_object_passes_strict_schema_validation(rendered, target):
 @pytest.mark.parametrize("target", TARGETS)
 def test_everything_lives_in_the_deepmmsearch_namespace(rendered, target):
     for obj in rendered[target]:
-        if obj["kind"] != "Namespace":
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in obj["metadata"], obj["metadata"]["name"]
+        else:
             assert obj["metadata"].get("namespace") == "deepmmsearch", obj["metadata"]["name"]
 
 
@@ -177,6 +182,9 @@ def test_network_policies_select_what_they_should(rendered, target):
     assert not _matches(to_trainer["podSelector"], kfp_pod)  # only the trainer, not every KFP pod
     assert admits(to_trainer, rollout_labels, 51216) and admits(to_trainer, rollout_labels, 40000)
     assert not admits(to_trainer, kfp_pod, 51216) and not admits(to_trainer, rollout_labels, 22)
+    # the nodes of a multi-node GRPO TrainJob reach each other (rendezvous, NCCL), nothing else does
+    assert admits(to_trainer, trainer, 29400) and admits(to_trainer, trainer, 40000)
+    assert not admits(to_trainer, kfp_pod, 29400)
 
     to_rollout = pols["rollout-from-grpo-trainer"]
     assert _matches(to_rollout["podSelector"], rollout_labels)
@@ -200,7 +208,8 @@ def test_rbac_grants_the_launcher_exactly_what_it_uses(rendered):
               for g in rule["apiGroups"] for r in rule["resources"]}
     lifecycle = {"create", "get", "list", "watch", "delete"}
     assert grants == {("apps", "deployments"): lifecycle, ("", "services"): lifecycle,
-                      ("", "pods"): {"get", "list"}, ("", "events"): {"list"}}
+                      ("", "pods"): {"get", "list"}, ("", "events"): {"list"},
+                      ("trainer.kubeflow.org", "trainjobs"): lifecycle, ("", "pods/log"): {"get"}}
     (binding,) = _by(objs, "RoleBinding", "dmms-rollout-launcher")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dmms-pipeline-runner",
                                     "namespace": "deepmmsearch"}]
@@ -247,3 +256,38 @@ def test_rollout_template_in_the_configmap_is_what_the_launcher_reads(rendered):
     from components.grpo.rollout_pods import load_template
 
     assert _rollout_template(rendered["base"]) == load_template(MANIFESTS / "base/rollout/rollout-template.yaml")
+
+
+def _requests_gpu(obj: dict) -> bool:
+    return any("nvidia.com/gpu" in {**c.get("resources", {}).get("requests", {}), **c.get("resources", {}).get("limits", {})}
+               for c in _pod_spec(obj)["containers"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_gpu_workload_is_admitted_through_the_kueue_queue(rendered, target):
+    """The queue label on the workload and on its pods (Kueue's deployment and pod integrations), in
+    every overlay; the rollout servers get it at launch from settings (tests/unit/grpo/test_servers.py)."""
+    objs = rendered[target]
+    gpu = [o for o in _workloads(objs) if _requests_gpu(o)]
+    assert gpu, "the judge requests a GPU in every overlay"
+    for obj in gpu:
+        assert obj["metadata"]["labels"].get(QUEUE_LABEL) == QUEUE, obj["metadata"]["name"]
+        assert obj["spec"]["template"]["metadata"]["labels"].get(QUEUE_LABEL) == QUEUE, obj["metadata"]["name"]
+
+
+def test_prod_ships_the_kueue_objects_the_label_names(rendered):
+    objs = rendered["prod"]
+    (local,) = _by(objs, "LocalQueue", QUEUE)
+    (cluster,) = _by(objs, "ClusterQueue", local["spec"]["clusterQueue"])
+    assert local["metadata"]["namespace"] == "deepmmsearch"
+    assert cluster["spec"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "deepmmsearch"}
+    (group,) = cluster["spec"]["resourceGroups"]
+    assert "nvidia.com/gpu" in group["coveredResources"]
+    flavors = {f["name"] for f in group["flavors"]}
+    assert flavors and all(_by(objs, "ResourceFlavor", name) for name in flavors)
+    quota = {r["name"]: r["nominalQuota"] for f in group["flavors"] for r in f["resources"]}
+    assert quota["nvidia.com/gpu"] >= 2 * 8  # a two-node TrainJob of the paper profile fits
+    # the flavor lands on the node pool the judge's prod patch selects
+    (flavor,) = _by(objs, "ResourceFlavor")
+    (judge,) = _by(objs, "Deployment", "vllm-judge")
+    assert flavor["spec"]["nodeLabels"].items() <= _pod_spec(judge)["nodeSelector"].items()

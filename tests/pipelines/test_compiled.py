@@ -187,3 +187,32 @@ def test_runs_use_the_service_account_the_rollout_rbac_binds():
     rbac = Path(__file__).resolve().parents[2] / "manifests/base/rbac/rbac.yaml"
     binding = next(d for d in yaml.safe_load_all(rbac.read_text()) if d["kind"] == "RoleBinding")
     assert [s["name"] for s in binding["subjects"]] == [load_settings().pipelines.service_account]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_gpu_pod_carries_the_kueue_queue_label(compiled, name):
+    """Kueue admits GPU pods by the kueue.x-k8s.io/queue-name label (pod integration); CPU pods stay unqueued."""
+    spec, plat = compiled[name]
+    execs, k8s = _executors(spec, plat)
+    queue = load_settings().pipelines.kueue_queue
+    for e in execs:
+        labels = k8s.get(e, {}).get("podMetadata", {}).get("labels", {})
+        gpu = "accelerator" in execs[e]["container"].get("resources", {})
+        assert (labels.get("kueue.x-k8s.io/queue-name") == queue) if gpu else ("kueue.x-k8s.io/queue-name" not in labels), e
+
+
+def test_with_two_nodes_the_training_steps_are_small_launcher_pods(tmp_path):
+    """nodes > 1: SFT and GRPO run as a TrainJob (components/common/trainjob.py); their own pod only
+    creates and watches it, so it asks for no GPU and carries its identity for the owner reference."""
+    settings = load_settings()
+    settings.pipelines.nodes = 2
+    path = compile_all(settings, tmp_path, names=("full",))["full"]
+    spec, plat = yaml.safe_load_all(path.read_text())
+    execs, k8s = _executors(spec, plat)
+    for e in ("exec-sft-op", "exec-grpo-op"):
+        assert "accelerator" not in execs[e]["container"].get("resources", {}), e
+        conf = k8s[e]
+        assert "kueue.x-k8s.io/queue-name" not in conf.get("podMetadata", {}).get("labels", {})
+        assert {"POD_NAME", "POD_UID"} <= {x["name"] for x in conf.get("fieldPathAsEnv", [])}
+    assert "deepmmsearch.io/role" not in k8s["exec-grpo-op"].get("podMetadata", {}).get("labels", {})
+    assert "accelerator" in execs["exec-evaluate-op"]["container"]["resources"]  # evaluation stays on a GPU

@@ -20,6 +20,7 @@ import pytest
 from kmock import KubernetesError
 
 from components.common.settings import load_settings
+from components.common.trainjob import QUEUE_LABEL
 from components.grpo.rollout_pods import RUN_LABEL, RolloutServers
 from components.grpo.servers import cleanup_rollout_servers, rollout_server, rollout_spec
 from tests.unit.grpo.kube_standin import DEPLOYMENTS, NS, OWNER, SERVICES, play_controller
@@ -93,7 +94,9 @@ def test_no_launch_unless_use_vllm_and_launch(api, grpo):
 def test_spec_model_defaults_to_the_policy_base_and_can_be_set():
     settings = load_settings(grpo=LAUNCH)
     assert rollout_spec(settings).model == settings.model.name_or_path
-    assert rollout_spec(settings).labels == {}
+    assert rollout_spec(settings).labels == {QUEUE_LABEL: settings.pipelines.kueue_queue}  # admitted by Kueue
+    settings.pipelines.kueue_queue = ""
+    assert rollout_spec(settings).labels == {}  # a cluster without Kueue
     settings.grpo.rollout_model = "Qwen/Qwen2.5-VL-3B-Instruct"
     spec = rollout_spec(settings, "a/b:c" * 20)
     assert spec.model == "Qwen/Qwen2.5-VL-3B-Instruct"
