@@ -18,6 +18,7 @@ import pytest
 from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
 from kubernetes import client as k8s
 
+from components.common.settings import load_settings
 from components.common.trainjob import (
     GROUP,
     PLURAL,
@@ -29,7 +30,6 @@ from components.common.trainjob import (
     build_trainjob,
     run_trainjob,
 )
-from components.common.settings import load_settings
 from tests.unit.grpo.kube_standin import NS, OWNER, StandIn
 
 
