@@ -2,6 +2,8 @@
 #   make test    the whole test suite (unit + integration against real servers on loopback)
 #   make lint    ruff
 #   make bench   every benchmark in bench/ (JSON to stdout and bench-results/)
+#   make gpu-wheels                    wheels/ for the lent GPU machine (no network there; <= 60 MB)
+#   make gpu-check [DEVICE=cuda|cpu]   the prepared GPU check (bench/gpu_check.py); CI runs DEVICE=cpu
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +12,7 @@ PIP := $(VENV)/bin/pip
 DMMS := $(VENV)/bin/dmms
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench browser
+.PHONY: install test lint bench browser gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -40,9 +42,33 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@set -e; for f in bench/*.py; do \
 	  name=$$(basename $$f .py); \
-	  case $$name in __init__|report|expert_data) continue;; esac; \
+	  case $$name in __init__|report|expert_data|gpu_wheels) continue;; esac; \
 	  echo "== bench $$name" >&2; $(PY) -m bench.$$name; \
 	done
+
+# ---- the prepared GPU check (bench/gpu_check.py, bench/gpu_wheels.py) -------------------------
+# On the GPU machine only its own Python (torch, transformers, ...) and this folder exist: wheels go to
+# a target whose path holds "site-packages" (dill, under datasets' fingerprints, pickles modules from
+# anywhere else by value, and fails); torchvision only when the machine has none.
+DEVICE ?= cuda
+GPU_PYTHON ?= python3
+GPU_WHEELS ?= wheels
+GPU_SITE ?= .gpu/site-packages
+
+gpu-wheels: $(STAMP)
+	$(PY) -m bench.gpu_wheels --out $(GPU_WHEELS)
+
+ifeq ($(DEVICE),cpu)
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu_check --device cpu
+else
+gpu-check:
+	@test -f $(GPU_WHEELS)/manifest.json || { echo "no $(GPU_WHEELS)/: run 'make gpu-wheels' where there is a network"; exit 1; }
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --target $(GPU_SITE) $(GPU_WHEELS)/*.whl
+	$(GPU_PYTHON) -c 'import torchvision' 2>/dev/null || \
+	  $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target $(GPU_SITE) $(GPU_WHEELS)/optional/torchvision-*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) $(GPU_PYTHON) -m bench.gpu_check --device $(DEVICE)
+endif
 
 # ---- pipelines (pipelines/, components/kfp/) --------------------------------------------------
 #   make run                                   smoke pipeline end to end, KFP local runner, this machine

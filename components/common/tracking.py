@@ -34,17 +34,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
 from components.common.launch import is_main_process, process_rank
 from components.common.settings import Settings
+
+if TYPE_CHECKING:  # mlflow is imported where it is used: training ranks with tracking off need none of it
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +103,9 @@ def _default_artifacts(settings: Settings) -> str | None:
 
 def client(settings: Settings) -> MlflowClient:
     """An MlflowClient on the configured tracking and registry URIs."""
+    import mlflow
+    from mlflow import MlflowClient
+
     if not settings.tracking.enabled:
         raise TrackingError("tracking is disabled (DMMS_TRACKING__ENABLED=false): "
                             "the model registry needs it; enable tracking to register or resolve models")
@@ -142,6 +144,18 @@ def run_tags(settings: Settings, step: str, extra: dict | None = None) -> dict[s
     return {k: _clip(v, MAX_TAG_LEN) for k, v in tags.items()}
 
 
+def _entities():
+    import mlflow.entities
+
+    return mlflow.entities
+
+
+def _mlflow_exception() -> type[Exception]:
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException
+
+
 class RunHandle:
     """What a step logs through; a handle with ``run_id=None`` logs nothing (tracking disabled)."""
 
@@ -157,12 +171,12 @@ class RunHandle:
         if self._client and self.run_id:
             ts = int(time.time() * 1000)
             self._client.log_batch(self.run_id, metrics=[
-                Metric(str(k), float(v), ts, step or 0) for k, v in metrics.items()])
+                _entities().Metric(str(k), float(v), ts, step or 0) for k, v in metrics.items()])
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self._client and self.run_id:
             self._client.log_batch(self.run_id, params=[
-                Param(str(k), _clip(v, MAX_PARAM_LEN)) for k, v in params.items()])
+                _entities().Param(str(k), _clip(v, MAX_PARAM_LEN)) for k, v in params.items()])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self._client and self.run_id:
@@ -193,7 +207,7 @@ def _experiment_id(mlc: MlflowClient, settings: Settings) -> str:
         return exp.experiment_id
     try:
         return mlc.create_experiment(name, artifact_location=_default_artifacts(settings))
-    except MlflowException:  # another step created it between our two calls
+    except _mlflow_exception():  # another step created it between our two calls
         exp = mlc.get_experiment_by_name(name)
         if exp is None:
             raise
@@ -215,6 +229,8 @@ def tracked_run(settings: Settings, step: str, run_name: str | None = None,
         log.debug("rank %d: step %s logs through rank 0's MLflow run", process_rank(), step)
         yield RunHandle(None, None)
         return
+    import mlflow
+
     mlc = client(settings)  # also points MLflow's process-wide target at our stores
     experiment_id = _experiment_id(mlc, settings)
     name = run_name or (f"{settings.run_name}-{step}" if settings.run_name else step)
@@ -244,7 +260,7 @@ def register_checkpoint(settings: Settings, run_id: str, checkpoint_uri: str,
     mlc.log_dict(run_id, pointer.model_dump(exclude={"version"}), f"{POINTER_DIR}/{POINTER_FILE}")
     try:
         mlc.create_registered_model(name)
-    except MlflowException as exc:
+    except _mlflow_exception() as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     version_tags = {"dmms.checkpoint_uri": checkpoint_uri, **extra}
@@ -260,7 +276,7 @@ def get_alias(settings: Settings, alias: str) -> ModelVersion | None:
     """The version holding ``alias``, or None when no version (or no model) has it."""
     try:
         return client(settings).get_model_version_by_alias(settings.tracking.model_name, alias)
-    except MlflowException as exc:
+    except _mlflow_exception() as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
@@ -289,7 +305,7 @@ def set_alias(settings: Settings, alias: str, version: str | int) -> str | None:
     name, version = settings.tracking.model_name, str(version)
     try:
         mlc.get_model_version(name, version)
-    except MlflowException as exc:
+    except _mlflow_exception() as exc:
         raise TrackingError(f"model {name!r} has no version {version!r} at {settings.tracking.uri}: "
                             f"pass a version that register_checkpoint returned") from exc
     old = get_alias(settings, alias)
@@ -314,6 +330,8 @@ def previous_version(settings: Settings, alias: str) -> str | None:
 
 def resolve_alias(settings: Settings, alias: str) -> CheckpointPointer:
     """Load the checkpoint pointer of ``models:/<name>@<alias>``."""
+    import mlflow.artifacts
+
     current = get_alias(settings, alias)
     name = settings.tracking.model_name
     if current is None:
