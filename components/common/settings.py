@@ -23,6 +23,8 @@ Run ``dmms config show`` to see the resolved settings (secrets masked).
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,18 +211,67 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(_explain(exc)) from None
 
 
+SECRET_LIKE = re.compile(r"key|token|secret|passw|pwd|dsn|credential|auth|cookie|session|private", re.I)
+
+
+def _field_at(loc: Sequence[Any]) -> Any | None:
+    """The pydantic field a settings error points at (inside a dict-valued field: that field), or
+    None for a key the tree does not have."""
+    model: Any = Settings
+    field = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None:  # below a dict/list field: the field itself
+            return field
+        if part not in fields:
+            return None
+        field = fields[part]
+        model = field.annotation
+    return field
+
+
+def _is_secret(loc: Sequence[Any], field: Any) -> bool:
+    return any(SECRET_LIKE.search(str(p)) for p in loc) or "SecretStr" in str(getattr(field, "annotation", ""))
+
+
 def _explain(exc: ValidationError) -> str:
+    """One line per error naming the variable; the value given is echoed only for a known,
+    non-secret key: an unknown key may be a misspelt secret (DMMS_JUDGE__APIKEY=sk-…) and the
+    message lands in pod logs and the KFP UI."""
     lines = ["invalid settings:"]
     for err in exc.errors():
         loc = [p for p in err["loc"] if p not in ("__root__",)]
         msg = err["msg"].removeprefix("Value error, ")
-        if loc:
-            given = err.get("input")
-            shown = "" if isinstance(given, dict | SecretStr) or given is None else f" (got {given!r})"
-            lines.append(f"  {env_name(*loc)}: {msg}{shown}")
-        else:
+        if not loc:
             lines.append(f"  {msg}")
+            continue
+        field = _field_at(loc)
+        given = err.get("input")
+        if err["type"] == "extra_forbidden" or field is None:
+            lines.append(f"  {env_name(*loc)}: not a setting{_did_you_mean(loc)} (its value is not shown)")
+            continue
+        if given is None or isinstance(given, dict):
+            shown = ""
+        elif _is_secret(loc, field) or isinstance(given, list | SecretStr):
+            shown = " (value not shown)"
+        else:
+            shown = f" (got {given!r})"
+        lines.append(f"  {env_name(*loc)}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def _did_you_mean(loc: Sequence[Any]) -> str:
+    import difflib
+
+    model: Any = Settings
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return ""
+        model = fields[part].annotation
+    names = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]).lower(), names, n=1, cutoff=0.6)
+    return f" (did you mean {env_name(*loc[:-1], close[0])}?)" if close else ""
 
 
 def dump_yaml(settings: Settings) -> str:

@@ -1,6 +1,10 @@
 """The settings tree: sources, profiles, readable errors, masked secrets."""
 
+import re
+
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from components.common.settings import SettingsError, dump_yaml, load_settings
 
@@ -142,3 +146,46 @@ def test_use_vllm_needs_a_server_url_or_the_launcher(monkeypatch):
         monkeypatch.setenv(key, value)
     paper = load_settings().grpo
     assert paper.use_vllm and paper.launch_rollout_servers and paper.vllm_server_base_url is None
+
+
+# ---- settings errors never echo a secret ----------------------------------------------------------
+# The message of a SettingsError lands in pod logs and the KFP UI: a value is shown only for a known,
+# non-secret key (DMMS_TOOLS__PORT=x says "got 'x'"); an unknown key may be a misspelt secret.
+
+_SECTIONS = ["tools", "judge", "teacher", "storage", "tracking", "pipelines", "grpo", "model"]
+_SECRETISH = ["api_key", "apikey", "token", "secret_key", "password", "web_api_key", "dsn", "access_key",
+              "image_api_key", "auth_token"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(section=st.sampled_from(_SECTIONS),
+       key=st.one_of(st.sampled_from(_SECRETISH), st.from_regex(r"[a-z]{2,8}(_[a-z]{2,8})?", fullmatch=True)),
+       value=st.from_regex(r"sk-[A-Za-z0-9]{12,24}", fullmatch=True))
+def test_no_secret_or_unknown_value_appears_in_a_settings_error(monkeypatch, section, key, value):
+    from components.common.settings import Settings
+
+    known = key in Settings.model_fields[section].annotation.model_fields
+    secretish = bool(re.search(r"key|token|secret|passw|pwd|dsn|credential|auth", key))
+    assume(secretish or not known)  # known non-secret keys may echo what they were given
+    with monkeypatch.context() as m:
+        m.setenv(f"DMMS_{section.upper()}__{key.upper()}", value)
+        try:
+            load_settings()
+        except SettingsError as exc:
+            assert value not in str(exc)
+            assert f"DMMS_{section.upper()}__{key.upper()}" in str(exc)  # still names the variable
+
+
+def test_a_misspelt_secret_is_named_with_a_suggestion_and_never_echoed(monkeypatch):
+    monkeypatch.setenv("DMMS_JUDGE__APIKEY", "sk-live-0123456789abcdef")
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    text = str(exc.value)
+    assert "sk-live-0123456789abcdef" not in text
+    assert "DMMS_JUDGE__APIKEY: not a setting (did you mean DMMS_JUDGE__API_KEY?)" in text
+
+
+def test_a_known_plain_setting_still_shows_what_it_got(monkeypatch):
+    monkeypatch.setenv("DMMS_TOOLS__PORT", "eighty")
+    with pytest.raises(SettingsError, match=r"DMMS_TOOLS__PORT: .*integer.*\(got 'eighty'\)"):
+        load_settings()
