@@ -42,6 +42,7 @@ STEP_LABEL, RUN_LABEL = "deepmmsearch.io/step", "deepmmsearch.io/run"
 NODE_JOB = "node"  # the replicated job (and container) of the torch runtime
 PATCH_MANAGER = "deepmmsearch.io/pipeline-step"
 SHM_VOLUME = "dshm"
+CLIENT_LABELS = {"deepmmsearch.io/pipeline-workload": "true", "deepmmsearch.io/tools-client": "true"}
 
 
 class TrainJobError(RuntimeError):
@@ -73,7 +74,9 @@ def build_trainjob(settings: Any, step: str, step_args: Sequence[str], *, name: 
     gpus = str(p.gpu_count)
     labels = {STEP_LABEL: step, **({RUN_LABEL: run_id[:63]} if run_id else {})}
     job_labels = {**labels, **({QUEUE_LABEL: p.kueue_queue} if p.kueue_queue else {})}
-    pod_labels = {**labels, **({ROLE_LABEL: TRAINER_ROLE} if step == "grpo" else {})}
+    # what the NetworkPolicies admit (manifests/base/*/networkpolicy.yaml): like a pipeline pod, the
+    # nodes reach MinIO, MLflow, the judge and the tool-server; GRPO's also take the rollout pods' NCCL
+    pod_labels = {**labels, **CLIENT_LABELS, **({ROLE_LABEL: TRAINER_ROLE} if step == "grpo" else {})}
     pod_spec: dict[str, Any] = {
         "nodeSelector": dict(p.gpu_node_selector),
         "tolerations": [dict(t) for t in p.gpu_tolerations],

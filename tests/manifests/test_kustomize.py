@@ -291,3 +291,54 @@ def test_prod_ships_the_kueue_objects_the_label_names(rendered):
     (flavor,) = _by(objs, "ResourceFlavor")
     (judge,) = _by(objs, "Deployment", "vllm-judge")
     assert flavor["spec"]["nodeLabels"].items() <= _pod_spec(judge)["nodeSelector"].items()
+
+
+# Who may reach each data service, by the labels of real workloads (not by policy names): a pod
+# outside the list is refused. "kfp" is any pipeline pod; "trainjob" a node of a multi-node step.
+_KFP = {"pipelines.kubeflow.org/v2_component": "true"}
+_STRANGER = {"app.kubernetes.io/name": "someone-else"}
+_SERVICES = {  # workload -> (port, who may, who may not)
+    "mlflow": (5000, ["kfp", "trainjob"], ["toolserver", "redis", "vllm-judge"]),
+    "minio": (9000, ["kfp", "trainjob", "mlflow", "toolserver", "minio-make-buckets"], ["redis", "vllm-judge"]),
+    "postgres": (5432, ["mlflow"], ["kfp", "toolserver", "trainjob"]),
+    "redis": (6379, ["toolserver"], ["kfp", "mlflow"]),
+    "vllm-judge": (8000, ["kfp", "trainjob", "toolserver"], ["mlflow", "redis"]),
+}
+
+
+def _peer(objs: list[dict], who: str) -> dict:
+    if who == "kfp":
+        return dict(_KFP)
+    if who == "trainjob":
+        from components.common.trainjob import CLIENT_LABELS
+
+        return dict(CLIENT_LABELS)
+    return _template_labels(objs, who)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_data_service_admits_only_its_clients(rendered, target):
+    objs = rendered[target]
+    pols = _by(objs, "NetworkPolicy")
+    names = {o["metadata"]["name"] for o in _workloads(objs)}
+    for service, (port, allowed, refused) in _SERVICES.items():
+        if service not in names:  # prod: no in-cluster PostgreSQL
+            assert not [p for p in pols if _matches(p["spec"]["podSelector"], {"app.kubernetes.io/name": service})]
+            continue
+        labels = _template_labels(objs, service)
+        selecting = [p["spec"] for p in pols if _matches(p["spec"]["podSelector"], labels)]
+        assert selecting, f"{target}: no NetworkPolicy selects {service}"
+
+        def admits(peer: dict, port: int = port, selecting: list = selecting) -> bool:
+            return any(any(_matches(f.get("podSelector", {}), peer) for f in rule["from"])
+                       and any(p["port"] <= port <= p.get("endPort", p["port"]) for p in rule["ports"])
+                       for spec in selecting for rule in spec["ingress"])
+
+        for who in allowed:
+            if who in ("kfp", "trainjob") or who in names:
+                assert admits(_peer(objs, who)), f"{target}: {who} cannot reach {service}:{port}"
+        for who in [*refused, "stranger"]:
+            if who == "stranger":
+                assert not admits(_STRANGER), f"{target}: anyone reaches {service}"
+            elif who in ("kfp", "trainjob") or who in names:
+                assert not admits(_peer(objs, who)), f"{target}: {who} reaches {service}:{port}"

@@ -20,6 +20,7 @@ from kubernetes import client as k8s
 
 from components.common.settings import load_settings
 from components.common.trainjob import (
+    CLIENT_LABELS,
     GROUP,
     PLURAL,
     QUEUE_LABEL,
@@ -99,6 +100,7 @@ def test_two_nodes_become_one_owned_queued_trainjob_then_it_is_deleted(api, monk
     (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     pod = node["template"]["spec"]["template"]
     assert pod["metadata"]["labels"][ROLE_LABEL] == "grpo-trainer"  # the rollout pods may reach it
+    assert pod["metadata"]["labels"].items() >= CLIENT_LABELS.items()  # it may reach MinIO, MLflow, tools
     assert pod["spec"]["nodeSelector"] == p.gpu_node_selector
     assert pod["spec"]["tolerations"] == p.gpu_tolerations
     assert pod["spec"]["volumes"][0]["emptyDir"] == {"medium": "Memory", "sizeLimit": p.shm_size}
