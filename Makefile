@@ -73,7 +73,8 @@ endif
 # ---- pipelines (pipelines/, components/kfp/) --------------------------------------------------
 #   make run                                   smoke pipeline end to end, KFP local runner, this machine
 #   make compile                               YAML of every pipeline into build/pipelines/
-#   make submit PIPELINE=full [RUN_NAME=...]   one run on KFP_HOST
+#   make submit PIPELINE=full [RUN_NAME=...] ARGS="--param seed_vqa_uri=s3://… --param extra_benchmarks=…"
+#                                              one run on KFP_HOST (ARGS="--allow-synthetic": the offline world)
 #   make schedule PIPELINE=retrain CRON="0 3 * * 0"   a recurring run on KFP_HOST
 #   make promote EVAL_RUN=<id> [CHECKPOINT=<uri>]     gated promotion in the MLflow registry
 #   make deploy OVERLAY=dev                    kubectl apply -k manifests/overlays/$(OVERLAY)
@@ -90,11 +91,11 @@ compile: $(STAMP)
 	$(DMMS) compile --out build/pipelines
 
 submit: $(STAMP)
-	$(DMMS) submit --pipeline $(PIPELINE) $(if $(RUN_NAME),--run-name $(RUN_NAME))
+	$(DMMS) submit --pipeline $(PIPELINE) $(if $(RUN_NAME),--run-name $(RUN_NAME)) $(ARGS)
 
 schedule: $(STAMP)
 	@[ -n "$(CRON)" ] || { echo 'error: set CRON, e.g. make schedule PIPELINE=retrain CRON="0 3 * * 0"' >&2; exit 2; }
-	$(DMMS) schedule --pipeline $(PIPELINE) --cron "$(CRON)"
+	$(DMMS) schedule --pipeline $(PIPELINE) --cron "$(CRON)" $(ARGS)
 
 promote: $(STAMP)
 	$(DMMS) promote $(if $(EVAL_RUN),--eval-run $(EVAL_RUN)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(ROLLBACK),--rollback)

@@ -53,3 +53,37 @@ def build(name: str, settings: Settings, cluster: bool = True) -> PipelineDef:
 
     module = {"full": full, "smoke": smoke, "retrain": retrain, "eval": eval_pipeline}[name]
     return module.build(settings, cluster)
+
+
+# What the paper-scale pipeline needs to be more than a smoke run: real seed questions and real
+# benchmarks; without them it would train and evaluate on the synthetic offline world only.
+REAL_DATA = {"full": ("seed_vqa_uri", "extra_benchmarks")}
+
+
+class ParamsError(ValueError):
+    """A pipeline's parameters would make it a different run than its name promises."""
+
+
+def check_params(name: str, params: dict[str, Any], allow_synthetic: bool = False) -> None:
+    """Refuse ``full`` without a seed VQA URI and benchmark URIs, or with the oracle teacher, unless
+    ``allow_synthetic`` (``--allow-synthetic``): before anything runs, naming the parameter."""
+    if allow_synthetic or name not in REAL_DATA:
+        return
+    p = build_defaults(name) | params
+    missing = [k for k in REAL_DATA[name] if not str(p.get(k) or "").strip()]
+    problems = [f"--param {k}=URI is required" for k in missing]
+    if p.get("teacher") == "oracle":
+        problems.append("--param teacher=oracle reads the answers from the offline world's metadata: use "
+                        "teacher=llm (DMMS_TEACHER__BASE_URL)")
+    if problems:
+        raise ParamsError(f"pipeline {name} trains on real data: " + "; ".join(problems) +
+                          " (seed_vqa_uri: a VQA set in the store, e.g. converted InfoSeek; extra_benchmarks: "
+                          "NAME=URI,... of converted benchmarks). For a synthetic run on the offline world, "
+                          "pass --allow-synthetic.")
+
+
+def build_defaults(name: str) -> dict[str, Any]:
+    from pipelines import eval as eval_pipeline
+    from pipelines import full, retrain, smoke
+
+    return dict({"full": full, "smoke": smoke, "retrain": retrain, "eval": eval_pipeline}[name].DEFAULTS)

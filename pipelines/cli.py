@@ -40,6 +40,22 @@ def _params(name: str, pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+SYNTHETIC_ENV = "DMMS_DATAGEN__ALLOW_SYNTHETIC"
+
+
+def _cluster_settings(pipeline: str, params: dict[str, Any], allow_synthetic: bool):
+    """Settings to compile ``pipeline`` with, after :func:`pipelines.catalog.check_params`; with
+    ``allow_synthetic`` every pod of the run may use the oracle teacher."""
+    from components.common.settings import load_settings
+    from pipelines.catalog import check_params
+
+    check_params(pipeline, params, allow_synthetic)
+    settings = load_settings()
+    if allow_synthetic:
+        settings.pipelines.cluster_env = {**settings.pipelines.cluster_env, SYNTHETIC_ENV: "true"}
+    return settings
+
+
 def _check_name(name: str) -> str:
     if name not in NAMES:
         raise typer.BadParameter(f"unknown pipeline {name!r}: choose one of {', '.join(NAMES)}")
@@ -54,18 +70,30 @@ def _fail(exc: Exception) -> None:
 def register(app: typer.Typer) -> None:
     pipeline_opt = typer.Option("smoke", "--pipeline", "-p", callback=_check_name, help=", ".join(NAMES))
     param_opt = typer.Option([], "--param", help="Pipeline parameter KEY=VALUE (repeatable).")
+    synthetic_opt = typer.Option(False, "--allow-synthetic",
+                                 help="Let `full` run on the offline world with the oracle teacher (a smoke run).")
 
     @app.command("run")
     def run_cmd(pipeline: str = pipeline_opt, param: list[str] = param_opt,
                 verbose: bool = typer.Option(False, "--verbose", "-v", envvar="DMMS_VERBOSE",
-                                             help="Stream every step's output instead of one line per step.")
-                ) -> None:
+                                             help="Stream every step's output instead of one line per step."),
+                allow_synthetic: bool = synthetic_opt) -> None:
         """Run a pipeline end to end with the KFP local runner; print the results table."""
+        import os
+
         from components.common.settings import load_settings
+        from pipelines.catalog import ParamsError, check_params
         from pipelines.local import LocalRunError, run_local
 
+        params = _params(pipeline, param)
         try:
-            result = run_local(load_settings(), pipeline, _params(pipeline, param), verbose=verbose)
+            check_params(pipeline, params, allow_synthetic)
+        except ParamsError as exc:
+            _fail(exc)
+        if allow_synthetic:  # the steps run in subprocesses that read their settings from the env
+            os.environ[SYNTHETIC_ENV] = "true"
+        try:
+            result = run_local(load_settings(), pipeline, params, verbose=verbose)
         except LocalRunError as exc:
             _fail(exc)
         from pipelines.results import format_table
@@ -95,14 +123,16 @@ def register(app: typer.Typer) -> None:
     def submit_cmd(pipeline: str = typer.Option("full", "--pipeline", "-p", callback=_check_name),
                    run_name: str | None = typer.Option(None, help="KFP run name (default dmms-PIPELINE)."),
                    host: str | None = typer.Option(None, help="KFP API URL (default: KFP_HOST)."),
-                   param: list[str] = param_opt) -> None:
+                   param: list[str] = param_opt, allow_synthetic: bool = synthetic_opt) -> None:
         """Submit one run of a pipeline to Kubeflow Pipelines."""
-        from components.common.settings import load_settings
+        from pipelines.catalog import ParamsError
         from pipelines.submit import SubmitError, submit
 
+        params = _params(pipeline, param)
         try:
-            run_id = submit(load_settings(), pipeline, run_name, _params(pipeline, param), host)
-        except SubmitError as exc:
+            settings = _cluster_settings(pipeline, params, allow_synthetic)
+            run_id = submit(settings, pipeline, run_name, params, host)
+        except (SubmitError, ParamsError) as exc:
             _fail(exc)
         typer.echo(f"run_id: {run_id}")
 
@@ -111,13 +141,15 @@ def register(app: typer.Typer) -> None:
                      cron: str = typer.Option(..., help='Cron, 5 fields, e.g. "0 3 * * 0".'),
                      job_name: str | None = typer.Option(None, help="Recurring run name."),
                      host: str | None = typer.Option(None, help="KFP API URL (default: KFP_HOST)."),
-                     param: list[str] = param_opt) -> None:
+                     param: list[str] = param_opt, allow_synthetic: bool = synthetic_opt) -> None:
         """Create a recurring run of a pipeline on Kubeflow Pipelines."""
-        from components.common.settings import load_settings
+        from pipelines.catalog import ParamsError
         from pipelines.submit import SubmitError, schedule
 
+        params = _params(pipeline, param)
         try:
-            job_id = schedule(load_settings(), pipeline, cron, job_name, _params(pipeline, param), host)
-        except SubmitError as exc:
+            settings = _cluster_settings(pipeline, params, allow_synthetic)
+            job_id = schedule(settings, pipeline, cron, job_name, params, host)
+        except (SubmitError, ParamsError) as exc:
             _fail(exc)
         typer.echo(f"recurring_run_id: {job_id}")

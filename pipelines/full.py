@@ -18,7 +18,7 @@ from pipelines.catalog import PipelineDef
 from pipelines.stages import Build, data_stage, train_stage
 
 DEFAULTS: dict[str, Any] = {
-    "n_entities": 200, "world_seed": 0, "index_uri": "", "seed_vqa_uri": "", "teacher": "oracle",
+    "n_entities": 200, "world_seed": 0, "index_uri": "", "seed_vqa_uri": "", "teacher": "llm",
     "datagen_n": 10_000, "base_model": "", "modes": "direct,rag,agent", "gate_mode": "agent", "eval_limit": 0,
     "extra_benchmarks": "",
 }

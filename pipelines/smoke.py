@@ -21,7 +21,7 @@ from pipelines.full import build_train_pipeline
 
 # modes: the before/after table reads agent and direct (tools off); RAG is the full pipeline's extra baseline
 DEFAULTS: dict[str, Any] = {**FULL_DEFAULTS, "n_entities": 400, "datagen_n": 2000, "eval_limit": 0,
-                            "modes": "direct,agent"}
+                            "modes": "direct,agent", "teacher": "oracle"}  # the offline world's own teacher
 
 
 def build(settings: Settings, cluster: bool = True) -> PipelineDef:

@@ -384,6 +384,14 @@ class PromoteSettings(_Section):
 class DatagenSettings(_Section):
     """DeepMMSearchVQA data generation (components/datagen): teacher runs, filters, balance."""
 
+    allow_synthetic: bool = Field(
+        False, description="Allow the oracle teacher outside the tiny profile. It reads the gold entity and crop "
+        "box from the offline world's metadata, so its data is synthetic: fine for a smoke run, not for a model "
+        "anyone should use (`dmms run/submit --allow-synthetic`).")
+    fail_on_shortfall: bool = Field(
+        True, description="Fail when fewer rows pass the filters than were asked for (the counts after each "
+        "filter say where they went); false: publish what there is, with a warning.")
+
     search_ratio: float = Field(
         0.5, ge=0.0, le=1.0,
         description="Share of search-required samples in the published dataset (paper: 0.5, i.e. 50:50).")

@@ -169,6 +169,11 @@ def _fingerprint(settings: Settings, seed_vqa: Path, teacher: str, items: list[V
 async def arun_datagen(settings: Settings, seed_vqa: Path, teacher: str, n: int, out: Path) -> DatagenResult:
     if n < 1:
         raise DatagenError(f"--n must be at least 1, got {n}")
+    if teacher == "oracle" and settings.profile != "tiny" and not settings.datagen.allow_synthetic:
+        raise DatagenError(f"the oracle teacher reads the answers from the offline world's metadata: its data is "
+                           f"synthetic. Outside the tiny profile (profile is {settings.profile!r}) use the llm "
+                           f"teacher (DMMS_TEACHER__BASE_URL) on real seed data, or set "
+                           f"{env_name('datagen', 'allow_synthetic')}=true (dmms run/submit --allow-synthetic)")
     seed_vqa, out = Path(seed_vqa), Path(out)
     items = _seed_items(settings, seed_vqa)
     root = (seed_vqa.parent if seed_vqa.suffix == ".jsonl" else seed_vqa)
@@ -265,6 +270,13 @@ async def _generate(settings: Settings, items: list[VQAItem], root: Path, genera
     chosen = {c.id for c in picked}
     selected = [t for t in kept if t.sample_id in chosen]
     counts = {**report.counts, "selected": len(selected)}
+    if len(selected) < n:
+        short = (f"datagen delivered {len(selected)} of the {n} rows asked for; after each filter: "
+                 f"{', '.join(f'{k} {v}' for k, v in counts.items())} (from {len(items)} seed questions)")
+        if settings.datagen.fail_on_shortfall:
+            raise DatagenError(short + f": give more seed questions, or ask for fewer rows, or set "
+                                       f"{env_name('datagen', 'fail_on_shortfall')}=false")
+        log.warning("%s", short)
     rows = rows_from_trajectories(selected, images, meta)
     mix = tool_mix(selected)
     turns = dict(sorted(Counter(len(t.turns) for t in selected).items()))

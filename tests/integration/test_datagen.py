@@ -325,3 +325,24 @@ def test_sigkilled_datagen_resumes_without_asking_the_teacher_twice(world, tools
     assert calls.count("probe") == 1                            # the resumed run skipped the probe
     assert len(calls) == total + 1                              # an uninterrupted run's calls + the lost one
     assert not journal.exists()                                 # removed once published
+
+
+def test_a_shortfall_fails_with_the_counts_after_each_filter_and_publishes_nothing(world, tools_url, tmp_path):
+    """fail_on_shortfall (the default outside tiny): asked for more rows than the seed can give."""
+    seed = world / "world" / "vqa" / "val"
+    n_seed = len((seed / "vqa.jsonl").read_text().splitlines())
+    settings = _settings(tmp_path, tools_url, datagen={"world": str(world / "world" / "world.json"),
+                                                       "fail_on_shortfall": True})
+    with pytest.raises(DatagenError, match=rf"delivered \d+ of the {n_seed + 50} rows asked for; after each "
+                                           rf"filter: generated {n_seed}, format \d+, .*selected \d+"):
+        run_datagen(settings, seed, "oracle", n_seed + 50, tmp_path / "out")
+    assert _versions(settings) == []
+
+
+def test_the_oracle_teacher_is_refused_outside_tiny_unless_allowed(world, tools_url, tmp_path, monkeypatch):
+    for key in ("DMMS_TOOLS__TOKEN", "DMMS_STORAGE__ACCESS_KEY", "DMMS_STORAGE__SECRET_KEY"):
+        monkeypatch.setenv(key, "x")
+    paper = _settings(tmp_path, tools_url, profile="paper", storage={"root": str(tmp_path / "store")})
+    with pytest.raises(DatagenError, match=r"oracle teacher .* synthetic.*DMMS_DATAGEN__ALLOW_SYNTHETIC=true"):
+        run_datagen(paper, world / "world" / "vqa" / "val", "oracle", 4, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
