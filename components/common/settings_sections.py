@@ -113,7 +113,10 @@ class ToolsSettings(_Section):
     token: SecretStr | None = Field(
         None, description="Bearer token; required by the server unless the profile is tiny."
     )
-    index: str = Field(".dmms/index", description="Index folder or object-store prefix to serve.")
+    index: str = Field(".dmms/index", description="Index to serve: the root `dmms index build --out` published to "
+                       "(its current.json alias names the version), or a plain index folder.")
+    index_poll_s: float = Field(0.0, ge=0, description="Re-resolve the index alias every this many seconds and "
+                                "serve a newly built version (0: only on POST /admin/reload).")
     text_backend: Literal["local", "searxng", "brave", "serper"] = Field(
         "local", description="Text search backend."
     )
@@ -486,7 +489,7 @@ class PipelinesSettings(_Section):
             "DMMS_STORAGE__SECURE": "false",
             "DMMS_TRACKING__URI": "http://mlflow.deepmmsearch.svc:5000",
             "DMMS_TOOLS__URL": "http://toolserver.deepmmsearch.svc:8080",
-            "DMMS_TOOLS__INDEX": "s3://deepmmsearch/index/current",
+            "DMMS_TOOLS__INDEX": "s3://deepmmsearch/indexes/world",
             "DMMS_JUDGE__BASE_URL": "http://vllm-judge.deepmmsearch.svc:8000/v1",
             "DMMS_JUDGE__MODEL": "judge",
             "DMMS_LOG_FORMAT": "json",

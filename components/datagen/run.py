@@ -191,7 +191,10 @@ async def arun_datagen(settings: Settings, seed_vqa: Path, teacher: str, n: int,
         generator = JournaledGenerator(generator, journal)
     try:
         await _check_tools(settings)
-        with tracked_run(settings, "datagen", tags={"dmms.teacher": teacher}) as run:
+        from components.search.client import served_index_tags
+
+        tags = {"dmms.teacher": teacher, **served_index_tags(settings.tools.url, settings.tools.timeout_s)}
+        with tracked_run(settings, "datagen", tags=tags) as run:
             result = await _generate(settings, items, root, generator, teacher, n, out, run, seed_vqa, journal)
     except BaseException:
         journal.close()

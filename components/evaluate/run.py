@@ -177,6 +177,10 @@ def evaluate(settings: Settings, spec: ModelSpec, benchmark_specs: list[str], mo
             **judging.judge_tags(judge), "dmms.benchmarks": ",".join(versions),
             "dmms.benchmarks_version": combined,
             **{f"dmms.bench.{k}.version": v for k, v in versions.items()}}
+    if "agent" in modes or "rag" in modes:  # the search results are part of "the same benchmark version"
+        from components.search.client import served_index_tags
+
+        tags.update(served_index_tags(tools_url or settings.tools.url, settings.tools.timeout_s))
     with tracked_run(settings, "evaluate", tags=tags) as run:
         t0 = time.perf_counter()
         samples = asyncio.run(_collect(settings, spec, benches, modes, tools_url, judge))

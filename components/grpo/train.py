@@ -37,7 +37,14 @@ from components.common.checkpoints import (
     prepare_resume,
     save_merged,
 )
-from components.common.launch import Runner, launch_plan, launch_step, rollout_env, run_subprocess
+from components.common.launch import (
+    Runner,
+    is_main_process,
+    launch_plan,
+    launch_step,
+    rollout_env,
+    run_subprocess,
+)
 from components.common.settings import Settings
 from components.common.storage import MANIFEST, StorageError, join_uri, open_store, publish_dir
 from components.common.tracking import tracked_run
@@ -95,7 +102,11 @@ def run_grpo(settings: Settings, data_uri: str, model: str, out_uri: str, work_d
         dataset = load_grpo_dataset(settings, store, data_uri, work / "cache")
         output_dir = work / "trainer"
         resume_path, resumed_from = prepare_resume(store, out_uri, output_dir)
-        with tracked_run(settings, "grpo", tags={"dmms.data_uri": data_uri, "dmms.out_uri": out_uri}) as run:
+        from components.search.client import served_index_tags
+
+        tags = {"dmms.data_uri": data_uri, "dmms.out_uri": out_uri,
+                **(served_index_tags(settings.tools.url, settings.tools.timeout_s) if is_main_process() else {})}
+        with tracked_run(settings, "grpo", tags=tags) as run:
             run.log_params({"grpo.data_uri": data_uri, "grpo.model": model, "grpo.out_uri": out_uri,
                             "grpo.resumed_from": resumed_from or ""})
             metrics = MlflowMetricsCallback(run)

@@ -5,7 +5,9 @@
 
 Routes: ``POST /v1/text_search``, ``POST /v1/image_search`` (bearer token when ``DMMS_TOOLS__TOKEN``
 is set; the settings demand one outside the tiny profile), ``GET /healthz`` (process alive),
-``GET /readyz`` (index loaded, 503 before), ``GET /metrics`` (Prometheus). Every error is
+``GET /readyz`` (index loaded, 503 before; the index version it serves), ``GET /metrics``
+(Prometheus), ``POST /admin/reload`` (bearer token: re-resolve the index alias, swap in a new
+version; also every ``DMMS_TOOLS__INDEX_POLL_S``). Every error is
 ``{"error": {"code", "message"}}``: 4xx for bad input (malformed JSON, bad base64, not an image,
 too large, bad region), 401 without the token, 502/504 when an upstream fails; never 5xx for bad
 input. The index is loaded in the background at start-up, so ``/healthz`` answers at once.
@@ -32,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from components.common.settings import Settings
 from components.search.cache import open_cache
 from components.search.errors import ToolServerError
-from components.search.index import LoadedIndex, load_index
+from components.search.index import LoadedIndex, load_index, resolve_index
 from components.search.metrics import Metrics
 from components.search.service import SearchService
 from components.search.summarise import make_summariser
@@ -157,14 +159,19 @@ def create_app(settings: Settings, index_dir: str | Path | None = None, *,
 
         service.grounder = await asyncio.to_thread(make_grounder, settings)
         app.state.service = service
-        loader = None
-        if index is None and index_dir is not None:
-            loader = asyncio.create_task(_load(service, str(index_dir), settings))
+        app.state.index_source = str(index_dir) if index is None and index_dir is not None else None
+        app.state.reload_lock = asyncio.Lock()
+        tasks = []
+        if app.state.index_source is not None:
+            tasks.append(asyncio.create_task(_load(service, app.state.index_source, settings)))
+            if t.index_poll_s > 0:  # follow the alias: a rebuilt index is served without a restart
+                tasks.append(asyncio.create_task(_poll(app, settings, t.index_poll_s)))
         try:
             yield
         finally:
-            if loader is not None and not loader.done():
-                loader.cancel()
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
             await service.aclose()
 
     app = FastAPI(title="deepmmsearch tool-server", version="1", lifespan=lifespan,
@@ -182,6 +189,37 @@ async def _load(service: SearchService, index_dir: str, settings: Settings) -> N
         service.index = await asyncio.to_thread(load_index, index_dir, settings)
     except Exception:
         log.exception("could not load the index %s; /readyz stays 503", index_dir)
+
+
+async def reload_index(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """Re-resolve the index alias; load and swap in a new version (requests in flight finish on the
+    one they started with: each takes its own reference). One reload at a time."""
+    service: SearchService = app.state.service
+    source = app.state.index_source
+    if source is None:
+        raise ToolServerError("this server was given a loaded index, not an index location: nothing to reload",
+                              code="no_index_source", status=409)
+    async with app.state.reload_lock:
+        uri, version = await asyncio.to_thread(resolve_index, source, settings)
+        current = service.index.version if service.index else None
+        if version == current:
+            return {"reloaded": False, "version": version, "uri": uri}
+        fresh = await asyncio.to_thread(load_index, source, settings)
+        service.index = fresh  # one reference assignment: atomic for every request that starts after it
+        log.info("index reloaded: %s -> %s (%s)", current, fresh.version, fresh.uri)
+        return {"reloaded": True, "version": fresh.version, "uri": fresh.uri, "previous": current}
+
+
+async def _poll(app: FastAPI, settings: Settings, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        if app.state.service.index is None:
+            continue  # the first load is still running
+        try:
+            await reload_index(app, settings)
+        except Exception:  # a broken new version must not take the served one down
+            log.exception("index poll: could not reload %s; still serving the loaded version",
+                          app.state.index_source)
 
 
 def _install_metrics_middleware(app: FastAPI, metrics: Metrics) -> None:
@@ -231,7 +269,14 @@ def _install_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             raise ToolServerError("index not loaded yet", code="not_ready", status=503)
         manifest = service.index.manifest if service.index else {}
         return {"status": "ready", "docs": manifest.get("docs"), "images": manifest.get("images"),
-                "summariser": service.summariser.name}
+                "summariser": service.summariser.name,
+                "index_version": service.index.version if service.index else None,
+                "index_uri": service.index.uri if service.index else None}
+
+    @app.post("/admin/reload", responses=ERRORS, dependencies=auth)
+    async def admin_reload(request: Request) -> dict[str, Any]:
+        """Re-resolve the index alias and serve its version (zero failed requests while swapping)."""
+        return await reload_index(request.app, settings)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

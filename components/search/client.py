@@ -141,3 +141,16 @@ async def in_process_client(app: Any, token: str | None = None, timeout_s: float
                             transport=httpx.ASGITransport(app=app))
         stack.push_async_callback(client.aclose)
         yield client
+
+
+def served_index_tags(url: str, timeout_s: float = 10.0) -> dict[str, str]:
+    """MLflow tags naming the index version the tool-server at ``url`` serves (its ``/readyz``), so
+    a run records what it searched; empty when the server does not say (a web backend, an old server)."""
+    try:
+        resp = httpx.get(url.rstrip("/") + "/readyz", timeout=timeout_s)
+        body = resp.json() if resp.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("could not ask %s which index it serves: %s", url, exc)
+        return {}
+    tags = {"dmms.index_version": body.get("index_version"), "dmms.index_uri": body.get("index_uri")}
+    return {k: str(v) for k, v in tags.items() if v}

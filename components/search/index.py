@@ -1,19 +1,28 @@
 """Build and load the tool-server's index: text (tantivy) + image (reverse-image) + image metadata.
 
-Why one folder: the server loads everything it needs from one place, and one command builds it:
+Why versions and an alias: a tool-server keeps serving the index it loaded, an autoscaled replica
+starts during a rebuild, two pipelines build at once. So a build never touches what is served: it
+publishes a new content-addressed version and then moves the alias, last::
 
-    dmms index build --corpus PATH --out PATH        # local folders or s3:// URIs
+    dmms index build --corpus PATH --out ROOT        # local folders or s3:// URIs
 
-Layout of ``out``: ``text/`` (tantivy), ``image/`` (:class:`ImageIndex`, absent for a corpus without
-images), ``images.jsonl`` (image rows: id, doc_id, title, caption) and ``manifest.json``, written
-last: a folder without it is not an index. The index is built in a temporary sibling folder and
-renamed into place, so a failed build never leaves a half-written index.
+    ROOT/versions/<sha256[:16]>/   text/ (tantivy), image/ (absent without images), images.jsonl,
+                                   manifest.json (written last: a folder without it is not an index)
+    ROOT/current.json              {"version", "uri", "built_at"}: the alias, one atomic write
+
+``load_index(ROOT)`` resolves the alias (a plain index folder with a manifest loads as it is, as
+an unversioned index); the tool-server re-resolves it on ``POST /admin/reload`` or every
+``tools.index_poll_s`` and swaps in a new version atomically. Old versions stay readable (a server
+that has not reloaded yet, a run being reproduced) until ``keep`` newer ones exist.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +36,9 @@ from components.search.text_index import IndexFormatError, TextIndex
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+ALIAS = "current.json"
+VERSIONS = "versions"
+UNVERSIONED = "unversioned"
 FORMAT_VERSION = 1
 
 
@@ -38,8 +50,9 @@ def _local(uri: str) -> Path:
     return Path(uri.removeprefix("file://"))
 
 
-def build_index(corpus: str, out: str, settings: Settings) -> dict[str, Any]:
-    """Build the index of ``corpus`` into ``out`` (local paths or object-store URIs); return the manifest."""
+def build_index(corpus: str, out: str, settings: Settings, keep: int = 5) -> dict[str, Any]:
+    """Build the index of ``corpus`` as a new version under ``out`` and point ``out``'s alias at it;
+    return the version's manifest (with ``version`` and ``uri``). Keeps the ``keep`` newest versions."""
     with tempfile.TemporaryDirectory(prefix="dmms-index-") as tmp:
         corpus_dir = _local(corpus)
         if _is_remote(corpus):
@@ -48,22 +61,102 @@ def build_index(corpus: str, out: str, settings: Settings) -> dict[str, Any]:
             corpus_dir = open_store(settings).download_dir(corpus, Path(tmp, "corpus"))
         if not corpus_dir.is_dir():
             raise IndexFormatError(f"corpus {corpus} is not a folder (docs/design.md §5: docs.jsonl, images.jsonl)")
+        work = Path(tmp, "index")
+        manifest = _build_into(corpus_dir, work, corpus, settings)
+        version = _content_version(work)
+        manifest.update(version=version, uri=_join(out, VERSIONS, version))
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        alias = json.dumps({"version": version, "uri": manifest["uri"], "built_at": manifest["built_at"]})
         if _is_remote(out):
-            from components.common.storage import join_uri, open_store
+            from components.common.storage import open_store
 
-            work = Path(tmp, "index")
-            manifest = _build_into(corpus_dir, work, corpus, settings)
-            # manifest.json last: a reader refuses an index without it, so a half-uploaded index
-            # (a crash mid-upload) is never served; an old manifest goes first so the same holds
-            # when an index is rebuilt in place.
             store = open_store(settings)
-            store.delete(join_uri(out, MANIFEST))
             (work / MANIFEST).rename(Path(tmp, MANIFEST))
-            store.upload_dir(work, out)
-            store.put_file(Path(tmp, MANIFEST), join_uri(out, MANIFEST))
-            return manifest
-        with staged_dir(_local(out)) as work:
-            return _build_into(corpus_dir, work, corpus, settings)
+            store.upload_dir(work, manifest["uri"])
+            store.put_file(Path(tmp, MANIFEST), _join(manifest["uri"], MANIFEST))  # the version exists now
+            store.put_bytes(_join(out, ALIAS), alias.encode())  # and is served from now on
+            _prune_remote(store, out, keep)
+        else:
+            root = _local(out)
+            target = root / VERSIONS / version
+            if not (target / MANIFEST).is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with staged_dir(target) as staged:
+                    shutil.copytree(work, staged, dirs_exist_ok=True)
+            _atomic_write(root / ALIAS, alias)
+            _prune_local(root, keep)
+        log.info("index version %s published under %s (alias moved)", version, out)
+        return manifest
+
+
+def resolve_index(index: str, settings: Settings) -> tuple[str, str]:
+    """(URI of the version to serve, its version) for an alias root or a plain index folder."""
+    if _is_remote(index):
+        from components.common.storage import open_store
+
+        store = open_store(settings)
+        if store.exists(_join(index, ALIAS)):
+            alias = json.loads(store.get_bytes(_join(index, ALIAS)))
+            return alias["uri"], alias["version"]
+        if store.exists(_join(index, MANIFEST)):
+            return index, json.loads(store.get_bytes(_join(index, MANIFEST))).get("version", UNVERSIONED)
+        raise IndexFormatError(f"{index} holds neither {ALIAS} nor {MANIFEST}: run `dmms index build --out {index}`")
+    path = _local(index)
+    if (path / ALIAS).is_file():
+        alias = json.loads((path / ALIAS).read_text())
+        return alias["uri"], alias["version"]
+    if (path / MANIFEST).is_file():
+        return index, json.loads((path / MANIFEST).read_text()).get("version", UNVERSIONED)
+    raise IndexFormatError(f"{index} is not a built index (no {ALIAS} or {MANIFEST}): run `dmms index build`")
+
+
+def _content_version(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes (the manifest's timings excluded)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _versions_local(root: Path) -> list[Path]:
+    found = [p for p in (root / VERSIONS).glob("*") if (p / MANIFEST).is_file()]
+    return sorted(found, key=lambda p: json.loads((p / MANIFEST).read_text()).get("built_at", ""), reverse=True)
+
+
+def _prune_local(root: Path, keep: int) -> None:
+    current = json.loads((root / ALIAS).read_text())["version"]
+    for old in [p for p in _versions_local(root) if p.name != current][max(keep - 1, 0):]:
+        (old / MANIFEST).unlink()  # first: a half-deleted version is one that does not exist
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _prune_remote(store: Any, root: str, keep: int) -> None:
+    current = json.loads(store.get_bytes(_join(root, ALIAS)))["version"]
+    versions = []
+    for sub in store.list(_join(root, VERSIONS) + "/"):
+        if sub.endswith("/") and store.exists(_join(sub.rstrip("/"), MANIFEST)):
+            manifest = json.loads(store.get_bytes(_join(sub.rstrip("/"), MANIFEST)))
+            versions.append((manifest.get("built_at", ""), sub.rstrip("/")))
+    for _, uri in sorted(versions, reverse=True):
+        if uri.rsplit("/", 1)[-1] == current:
+            continue
+        keep -= 1
+        if keep <= 0:
+            store.delete(_join(uri, MANIFEST))
+            store.delete(uri, recursive=True)
 
 
 def _build_into(corpus_dir: Path, work: Path, corpus: str, settings: Settings) -> dict[str, Any]:
@@ -100,18 +193,23 @@ class LoadedIndex:
     image: Any | None
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    version: str = UNVERSIONED
+    uri: str = ""
 
 
 def load_index(index: str, settings: Settings, cache_dir: Path | None = None) -> LoadedIndex:
-    """Load an index folder (an object-store URI is downloaded to ``cache_dir`` first)."""
-    path = _local(index)
-    if _is_remote(index):
+    """Load the version ``index``'s alias names, or a plain index folder (an object-store URI is
+    downloaded to ``cache_dir`` first)."""
+    uri, version = resolve_index(index, settings)
+    path = _local(uri)
+    if _is_remote(uri):
         from components.common.storage import open_store
 
-        path = Path(cache_dir or tempfile.mkdtemp(prefix="dmms-index-"))
-        open_store(settings).download_dir(index, path)
+        path = Path(cache_dir or tempfile.mkdtemp(prefix="dmms-index-")) / version
+        if not (path / MANIFEST).is_file():
+            open_store(settings).download_dir(uri, path)
     if not (path / MANIFEST).is_file():
-        raise IndexFormatError(f"{index} is not a built index (no {MANIFEST}): run `dmms index build`")
+        raise IndexFormatError(f"{uri} is not a built index (no {MANIFEST}): run `dmms index build`")
     manifest = json.loads((path / MANIFEST).read_text())
     text = TextIndex.load(path / "text")
     image = None
@@ -126,5 +224,5 @@ def load_index(index: str, settings: Settings, cache_dir: Path | None = None) ->
             if line.strip():
                 row = json.loads(line)
                 rows[row["id"]] = row
-    log.info("index loaded from %s: %d docs, %d images", index, text.num_docs, len(rows))
-    return LoadedIndex(text=text, image=image, images=rows, manifest=manifest)
+    log.info("index %s loaded from %s: %d docs, %d images", version, uri, text.num_docs, len(rows))
+    return LoadedIndex(text=text, image=image, images=rows, manifest=manifest, version=version, uri=uri)

@@ -109,11 +109,15 @@ class SearchService:
         raise AssertionError("unreachable")
 
     # ---- text ----------------------------------------------------------------------------------
-    async def _text_hits(self, query: str, top_k: int) -> list[TextHit]:
+    def _version(self, index: LoadedIndex | None) -> str:
+        """Part of every local-backend cache key: a reloaded index never answers from the old one's cache."""
+        return index.version if index is not None else "-"
+
+    async def _text_hits(self, query: str, top_k: int, index: LoadedIndex | None) -> list[TextHit]:
         if self.text_backend is None:
-            if self.index is None:
+            if index is None:
                 raise ToolServerError("no index loaded", code="not_ready", status=503)
-            return await self._local(self.text_name, self.index.text.search, query, top_k)
+            return await self._local(self.text_name, index.text.search, query, top_k)
         # web backends retry with backoff on their own (tools.web_max_retries)
         return await self._upstream(self.text_name, lambda: self.text_backend.search(query, top_k), 0)
 
@@ -122,25 +126,29 @@ class SearchService:
         if not query:
             raise BadRequest("query is blank: send the words to search for", code="bad_query")
 
-        async def compute() -> str:
-            return json.dumps([h.model_dump() for h in await self._text_hits(query, top_k)])
+        index = self.index  # one version for the whole request, whatever a reload swaps in meanwhile
 
-        key = cache_key("text", self.text_name, query.lower(), top_k)
+        async def compute() -> str:
+            return json.dumps([h.model_dump() for h in await self._text_hits(query, top_k, index)])
+
+        version = self._version(index) if self.text_backend is None else "web"
+        key = cache_key("text", self.text_name, version, query.lower(), top_k)
         raw, hit_cached = await self.cc.get_or_compute("text", key, compute)
         hits = [TextHit(**h) for h in json.loads(raw)]
-        pages = await self._pages(hits, web=self.text_backend is not None)
+        pages = await self._pages(hits, web=self.text_backend is not None, index=index)
         summary, sum_cached = await self._summary(
             "text", query, hits, pages, lambda: self.summariser.summarise_text(query, hits, pages))
         return TextSearchResponse(results=hits, summary=summary, cached=hit_cached and sum_cached)
 
-    async def _pages(self, hits: list[TextHit] | list[ImageHit], web: bool) -> list[str]:
+    async def _pages(self, hits: list[TextHit] | list[ImageHit], web: bool,
+                     index: LoadedIndex | None = None) -> list[str]:
         """Page text of each hit: the stored document (local corpus) or the fetched page (web, cached
         in the ``page`` layer); the snippet when neither is available."""
         if web:
             return list(await asyncio.gather(*(self._web_page(h) for h in hits)))
-        if self.index is None:
+        if index is None:
             return [h.snippet for h in hits]
-        docs = await asyncio.to_thread(lambda: [self.index.text.get(h.doc_id) for h in hits])
+        docs = await asyncio.to_thread(lambda: [index.text.get(h.doc_id) for h in hits])
         return [(d or {}).get("text") or h.snippet for d, h in zip(docs, hits, strict=True)]
 
     async def _web_page(self, hit: TextHit | ImageHit) -> str:
@@ -176,21 +184,23 @@ class SearchService:
                            top_k: int) -> ImageSearchResponse:
         tools = self.settings.tools
         data = decode_b64(image_b64, tools.max_image_bytes)
+        index = self.index  # one version for the whole request
 
         async def compute() -> str:
             image = await asyncio.to_thread(open_image, data, tools.max_image_pixels)
             crop, box = image, None
             if region is not None:
                 crop, box = await self._crop(image, region)
-            hits = await self._image_hits(crop, top_k)
+            hits = await self._image_hits(crop, top_k, index)
             return json.dumps({"hits": [h.model_dump() for h in hits], "crop_box": box})
 
         norm_region = region.strip().lower() if isinstance(region, str) else region
-        key = cache_key("image", self.image_name, hashlib.sha256(data).hexdigest(), norm_region, top_k)
+        version = self._version(index) if self.image_backend is None else "web"
+        key = cache_key("image", self.image_name, version, hashlib.sha256(data).hexdigest(), norm_region, top_k)
         raw, hit_cached = await self.cc.get_or_compute("image", key, compute)
         stored = json.loads(raw)
         hits = [ImageHit(**h) for h in stored["hits"]]
-        pages = await self._pages(hits, web=self.image_backend is not None)
+        pages = await self._pages(hits, web=self.image_backend is not None, index=index)
         summary, sum_cached = await self._summary(
             "image", "", hits, pages, lambda: self.summariser.summarise_image(hits, pages))
         return ImageSearchResponse(results=hits, summary=summary, crop_box=stored["crop_box"],
@@ -208,21 +218,21 @@ class SearchService:
 
     grounder: Any = None  # a referring-expression grounder (GroundingDINO) when configured
 
-    async def _image_hits(self, image: Image.Image, top_k: int) -> list[ImageHit]:
+    async def _image_hits(self, image: Image.Image, top_k: int, index: LoadedIndex | None) -> list[ImageHit]:
         if self.image_backend is not None:
             png = await asyncio.to_thread(to_png, image)
             return await self._upstream(self.image_name, lambda: self.image_backend.search_image(png, top_k), 0)
-        if self.index is None or self.index.image is None:
+        if index is None or index.image is None:
             raise BadRequest("this index has no images: image search needs a corpus with images.jsonl",
                              code="no_image_index", status=409)
-        pairs = await self._local(self.image_name, self.index.image.search, image, top_k)
-        return await asyncio.to_thread(self._image_hit_rows, pairs)
+        pairs = await self._local(self.image_name, index.image.search, image, top_k)
+        return await asyncio.to_thread(self._image_hit_rows, pairs, index)
 
-    def _image_hit_rows(self, pairs: list[tuple[str, float]]) -> list[ImageHit]:
+    def _image_hit_rows(self, pairs: list[tuple[str, float]], index: LoadedIndex) -> list[ImageHit]:
         out = []
         for image_id, score in pairs:
-            row = self.index.images.get(image_id, {}) if self.index else {}
-            doc = (self.index.text.get(row.get("doc_id", "")) if self.index else None) or {}
+            row = index.images.get(image_id, {})
+            doc = index.text.get(row.get("doc_id", "")) or {}
             out.append(ImageHit(
                 image_id=image_id, doc_id=row.get("doc_id", ""),
                 title=doc.get("title") or row.get("title") or "", url=doc.get("url", ""),
