@@ -183,8 +183,11 @@ class Rollout:
                 self._record(raw, action, None, tool_latency_s=latency, error=err)
                 self._terminate(EndReason.TOOL_ERROR)
                 return
-            info = render_information(f"The search failed: {err}", action.kind, self.protocol,
-                                      self.cfg.prompt_version)
+            message = f"The search failed: {err}"
+            if action.kind in (ActionKind.IMAGE_SEARCH, ActionKind.CROP_SEARCH):
+                self.protocol.refund(action)  # a failed image search does not use up THE image search
+                message += " The image search was not used up: you may search the image again."
+            info = render_information(message, action.kind, self.protocol, self.cfg.prompt_version)
             self._record(raw, action, info, tool_latency_s=latency, error=err)
             self.state = State.GENERATING
             return

@@ -151,8 +151,13 @@ class ToolsSettings(_Section):
     web_max_retries: int = Field(2, ge=0, le=10, description="Retries of a web API call on 429/5xx.")
     web_timeout_s: float = Field(15.0, gt=0, description="Timeout of one web API or page fetch, seconds.")
     grounding_model: str | None = Field(
-        None, description="Local GroundingDINO checkpoint folder for referring-expression crops; "
-        "unset: crops take boxes and spatial phrases only.")
+        None, description="Local GroundingDINO checkpoint folder for referring-expression crops, run in the "
+        "tool-server's process (needs torch); unset: see grounding_url.")
+    grounding_url: str | None = Field(
+        None, description="The grounding service (GroundingDINO behind HTTP, `dmms tools ground-serve`; the "
+        "grounding Deployment: http://grounding.deepmmsearch.svc:8000). Neither set: a referring expression "
+        "searches the whole image, and the answer says so.")
+    grounding_timeout_s: float = Field(10.0, gt=0, description="Timeout of one grounding-service call, seconds.")
     image_embedder: Literal["grid", "clip"] = Field(
         "grid", description="Local image-index features: grid (CPU, no weights) or clip (GPU).")
     image_embedder_path: str | None = Field(

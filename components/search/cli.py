@@ -2,6 +2,8 @@
 
     dmms index build --corpus PATH --out PATH              # local folders or s3:// URIs
     dmms tools serve --index PATH [--host H] [--port P]     # uvicorn; 127.0.0.1:8080 by default
+    dmms tools ground-serve --model DIR [--host H] [--port P]   # the grounding service (GroundingDINO)
+    dmms tools reload [--url URL]                            # the tool-server re-resolves its index alias
 
 Host, port and the rest come from the settings (``DMMS_TOOLS__*``); flags override them.
 """
@@ -59,3 +61,38 @@ def register(app: typer.Typer) -> None:
                  settings.tools.index)
         uvicorn.run(app, host=settings.tools.host, port=settings.tools.port, log_config=None,
                     timeout_graceful_shutdown=10)
+
+    @tools_app.command("ground-serve")
+    def ground_serve(
+        model: str = typer.Option(..., help="Local GroundingDINO checkpoint folder (e.g. grounding-dino-tiny)."),
+        host: str = typer.Option("127.0.0.1", help="Bind address (0.0.0.0 in its pod, behind a NetworkPolicy)."),
+        port: int = typer.Option(8000, help="Port."),
+    ) -> None:
+        """Serve GroundingDINO for referring-expression crops (components/search/grounding_service.py)."""
+        import uvicorn
+
+        from components.search.grounding import GroundingDinoGrounder
+        from components.search.grounding_service import create_grounding_app
+
+        settings = load_settings()
+        app = create_grounding_app(GroundingDinoGrounder(model, device=settings.model.device))
+        log.info("grounding service on http://%s:%d (%s)", host, port, model)
+        uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
+
+    @tools_app.command("reload")
+    def reload(url: str | None = typer.Option(None, help="Tool-server URL (default: DMMS_TOOLS__URL).")) -> None:
+        """Ask the tool-server to serve the version its index alias names now (POST /admin/reload)."""
+        import httpx
+
+        settings = load_settings()
+        token = settings.tools.token.get_secret_value() if settings.tools.token else None
+        try:
+            resp = httpx.post((url or settings.tools.url).rstrip("/") + "/admin/reload", timeout=300,
+                              headers={"Authorization": f"Bearer {token}"} if token else {})
+        except httpx.HTTPError as exc:
+            typer.echo(f"error: {url or settings.tools.url} did not answer ({type(exc).__name__})", err=True)
+            raise typer.Exit(2) from None
+        if resp.status_code != 200:
+            typer.echo(f"error: HTTP {resp.status_code}: {resp.text[:500]}", err=True)
+            raise typer.Exit(2)
+        typer.echo(resp.text)

@@ -12,7 +12,9 @@ Why: ``<img_search>`` may name a region of the input image (docs/design.md §2).
   (``AutoModelForZeroShotObjectDetection``) when ``tools.grounding_model`` names a local
   checkpoint; its spatial words, if any, choose among the detections.
 
-Anything else raises :class:`GroundingError` (the tool-server answers 422 with its message).
+Anything else raises :class:`GroundingError`: the tool-server answers 422 with its message for a
+malformed box, and searches the whole image (saying so) for a referring expression it has no
+grounder for (``tools.grounding_url``: the grounding service, components/search/grounding_service.py).
 
     crop, box = crop_region(image, "the upper right corner")
     crop, box = crop_region(image, [10, 20, 200, 180])
@@ -84,6 +86,13 @@ def resolve_box(size: tuple[int, int], region: Any, *, image: Image.Image | None
     if grounder is None:
         raise GroundingError(f"cannot locate {text!r}: no grounding model is configured, so {HELP}")
     raise GroundingError(f"the grounding model found nothing matching {text!r}: {HELP}")
+
+
+def needs_grounder(region: Any) -> bool:
+    """True for a referring expression only a grounding model can place (no box, no spatial word)."""
+    if not isinstance(region, str) or not region.strip() or _BOX_TEXT.match(region.strip()):
+        return False
+    return spatial_box((100, 100), region) is None
 
 
 def clamp_box(size: tuple[int, int], box: Any) -> list[int]:
@@ -188,7 +197,14 @@ class GroundingDinoGrounder:
 
 
 def make_grounder(settings: Any) -> Grounder | None:
-    """GroundingDINO when ``tools.grounding_model`` is set, else ``None`` (boxes and phrases only)."""
+    """The grounding service when ``tools.grounding_url`` is set, GroundingDINO in this process when
+    ``tools.grounding_model`` is, else ``None`` (boxes and spatial phrases; a referring expression
+    then searches the whole image, and the answer says so)."""
+    if settings.tools.grounding_url:
+        from components.search.grounding_service import HttpGrounder
+
+        log.info("crop search grounds referring expressions through %s", settings.tools.grounding_url)
+        return HttpGrounder(settings.tools.grounding_url, timeout_s=settings.tools.grounding_timeout_s)
     path = settings.tools.grounding_model
     if not path:
         log.info("no grounding model configured: crop search takes boxes and spatial phrases only")

@@ -188,11 +188,11 @@ class SearchService:
 
         async def compute() -> str:
             image = await asyncio.to_thread(open_image, data, tools.max_image_pixels)
-            crop, box = image, None
+            crop, box, note = image, None, None
             if region is not None:
-                crop, box = await self._crop(image, region)
+                crop, box, note = await self._crop(image, region)
             hits = await self._image_hits(crop, top_k, index)
-            return json.dumps({"hits": [h.model_dump() for h in hits], "crop_box": box})
+            return json.dumps({"hits": [h.model_dump() for h in hits], "crop_box": box, "note": note})
 
         norm_region = region.strip().lower() if isinstance(region, str) else region
         version = self._version(index) if self.image_backend is None else "web"
@@ -203,18 +203,29 @@ class SearchService:
         pages = await self._pages(hits, web=self.image_backend is not None, index=index)
         summary, sum_cached = await self._summary(
             "image", "", hits, pages, lambda: self.summariser.summarise_image(hits, pages))
-        return ImageSearchResponse(results=hits, summary=summary, crop_box=stored["crop_box"],
-                                   cached=hit_cached and sum_cached)
+        note = stored.get("note")
+        return ImageSearchResponse(results=hits, summary=f"{note} {summary}" if note else summary,
+                                   crop_box=stored["crop_box"], cached=hit_cached and sum_cached, note=note)
 
-    async def _crop(self, image: Image.Image, region: str | list[float]) -> tuple[Image.Image, list[int]]:
-        from components.search.grounding import GroundingError, crop_region
+    async def _crop(self, image: Image.Image, region: str | list[float]
+                    ) -> tuple[Image.Image, list[int] | None, str | None]:
+        """(crop, its box, None); a referring expression nobody can locate — no grounding model or
+        service, or the service failing — is searched as the whole image: (image, None, a note)."""
+        from components.search.grounding import GroundingError, crop_region, needs_grounder
+        from components.search.grounding_service import GroundingUnavailable
 
         async with self._sems["grounding"]:
             try:
                 crop, box = await asyncio.to_thread(crop_region, image, region, self.grounder)
+            except GroundingUnavailable as exc:
+                log.warning("crop search of %r: %s; searching the whole image", region, exc)
+                self.metrics.backend_errors.labels("grounding", "error").inc()
+                return image, None, _whole_image_note(region, "the grounding service is unavailable")
             except GroundingError as exc:
+                if self.grounder is None and needs_grounder(region):
+                    return image, None, _whole_image_note(region, "no grounding model is configured")
                 raise BadRequest(str(exc), code="bad_region", status=422) from None
-        return crop, [int(v) for v in box]
+        return crop, [int(v) for v in box], None
 
     grounder: Any = None  # a referring-expression grounder (GroundingDINO) when configured
 
@@ -238,3 +249,8 @@ class SearchService:
                 title=doc.get("title") or row.get("title") or "", url=doc.get("url", ""),
                 snippet=row.get("caption") or row.get("title") or "", score=float(score)))
         return out
+
+
+def _whole_image_note(region: Any, why: str) -> str:
+    return (f"Could not locate {region!r} in the image ({why}), so the whole image was searched instead; "
+            "a box [x1, y1, x2, y2] or a spatial phrase such as 'top-left' crops without a model.")

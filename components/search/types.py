@@ -71,6 +71,8 @@ class ImageSearchResponse(BaseModel):
     summary: str
     crop_box: list[int] | None = Field(None, description="The box searched, [x1, y1, x2, y2], or null.")
     cached: bool = Field(description="True when results and summary came from the cache.")
+    note: str | None = Field(None, description="Set when the search differs from what was asked: a region that "
+                             "could not be located was searched as the whole image (also the start of summary).")
 
 
 class ErrorDetail(BaseModel):

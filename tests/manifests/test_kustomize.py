@@ -95,6 +95,7 @@ def test_workloads_are_locked_down_with_resources_and_probes(rendered, target):
         if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
             problems.append(f"{where}: seccompProfile RuntimeDefault")
         long_running = obj["kind"] not in {"Job", "CronJob"}
+        inits = {c["name"] for c in pod.get("initContainers", [])}
         for c in pod.get("initContainers", []) + pod["containers"]:
             cw = f"{where}/{c['name']}"
             sc = c.get("securityContext", {})
@@ -108,7 +109,7 @@ def test_workloads_are_locked_down_with_resources_and_probes(rendered, target):
             for kind in ("requests", "limits"):
                 if not {"cpu", "memory"} <= set(res.get(kind, {})):
                     problems.append(f"{cw}: resources.{kind} cpu+memory")
-            if long_running and not ({"readinessProbe", "livenessProbe"} <= set(c)):
+            if long_running and c["name"] not in inits and not ({"readinessProbe", "livenessProbe"} <= set(c)):
                 problems.append(f"{cw}: readiness and liveness probes")
             if ":" not in c["image"].rsplit("/", 1)[-1] or c["image"].endswith(":latest"):
                 problems.append(f"{cw}: image {c['image']} has no pinned tag")
@@ -232,10 +233,13 @@ def test_overlays_differ_where_documented(rendered):
     (dsn,) = [e for e in mlflow["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI"]
     assert dsn == {"name": "MLFLOW_BACKEND_STORE_URI",
                    "valueFrom": {"secretKeyRef": {"name": "mlflow-external-db", "key": "dsn"}}}
-    for target in TARGETS:  # CPU-only apps never wait for a GPU node
+    for target in TARGETS:  # CPU-only apps never wait for a GPU node; the GPU apps share the judge's pool
         for obj in _workloads(rendered[target]):
-            if obj["metadata"]["name"] != "vllm-judge":
+            if obj["metadata"]["name"] not in ("vllm-judge", "grounding"):
                 assert "nodeSelector" not in _pod_spec(obj), obj["metadata"]["name"]
+        (grounding,) = _by(rendered[target], "Deployment", "grounding")
+        assert _pod_spec(grounding)["nodeSelector"] == _pod_spec(judge(target))["nodeSelector"], target
+    assert _by(rendered["local"], "Deployment", "grounding")[0]["spec"]["replicas"] == 0
 
 
 def test_replacements_wire_service_names_into_clients(rendered):
@@ -303,6 +307,7 @@ _SERVICES = {  # workload -> (port, who may, who may not)
     "postgres": (5432, ["mlflow"], ["kfp", "toolserver", "trainjob"]),
     "redis": (6379, ["toolserver"], ["kfp", "mlflow"]),
     "vllm-judge": (8000, ["kfp", "trainjob", "toolserver"], ["mlflow", "redis"]),
+    "grounding": (8000, ["toolserver"], ["kfp", "trainjob", "mlflow"]),
 }
 
 

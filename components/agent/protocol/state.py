@@ -76,6 +76,14 @@ class ProtocolState(BaseModel):
             self.invalid_turns += 1
         return action
 
+    def refund(self, action: Action) -> None:
+        """Give back the search ``action`` used when it failed (the tool-server refused the region,
+        or the call failed): a failed image or crop search leaves THE image search unused."""
+        if action.kind == ActionKind.IMAGE_SEARCH and self.image_searches:
+            self.image_searches -= 1
+        elif action.kind == ActionKind.CROP_SEARCH and self.crop_searches:
+            self.crop_searches -= 1
+
     def end_reason(self) -> EndReason | None:
         """Why the trajectory must end now, or None to go on."""
         if self.final is not None:

@@ -126,7 +126,6 @@ def _bomb_png() -> str:
         ({"image_b64": base64.b64encode(b"hello, not an image").decode()}, 400, "bad_image"),
         ({"image_b64": "PLACEHOLDER_IMG", "region": [10, 10, 10, 50]}, 422, "bad_region"),
         ({"image_b64": "PLACEHOLDER_IMG", "region": [900, 900, 1000, 1000]}, 422, "bad_region"),
-        ({"image_b64": "PLACEHOLDER_IMG", "region": "the purple giraffe"}, 422, "bad_region"),
         ({"image_b64": "PLACEHOLDER_IMG", "region": [1, 2, 3]}, 422, "invalid_request"),
     ],
 )

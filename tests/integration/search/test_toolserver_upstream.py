@@ -203,7 +203,7 @@ def test_cli_builds_and_serves(toolserver_corpus, tmp_path):
     build = _cli("index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "idx"))
     out, err = build.communicate(timeout=120)
     assert build.returncode == 0, err
-    assert '"docs": 36' in out and (tmp_path / "idx" / "manifest.json").is_file()
+    assert '"docs": 36' in out and (tmp_path / "idx" / "current.json").is_file()  # the alias of the new version
 
     port = free_port()
     env = {"DMMS_TOOLS__CACHE_URL": f"sqlite:///{tmp_path / 'c.db'}", "DMMS_TOOLS__TOKEN": TOKEN}
