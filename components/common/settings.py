@@ -50,6 +50,7 @@ from components.common.settings_sections import (  # noqa: F401  (re-exported: i
     PipelinesSettings,
     Profile,
     PromoteSettings,
+    ServingSettings,
     SettingsError,
     SFTSettings,
     StorageSettings,
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
     sft: SFTSettings = Field(default_factory=SFTSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     promote: PromoteSettings = Field(default_factory=PromoteSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     pipelines: PipelinesSettings = Field(default_factory=PipelinesSettings)
     datagen: DatagenSettings = Field(default_factory=DatagenSettings)
     grpo: GRPOSettings = Field(default_factory=GRPOSettings)

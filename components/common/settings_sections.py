@@ -369,6 +369,22 @@ class GRPOSettings(_Section):
         1800.0, gt=0, description="How long to wait for the launched rollout server to become ready.")
 
 
+class ServingSettings(_Section):
+    """Where the champion is served (components/registry/serving.py): promotion and rollback point it
+    at the champion's checkpoint; ``dmms serve status`` says which version serves."""
+
+    target: Literal["none", "kserve", "deployment"] = Field(
+        "none", description="kserve: a KServe InferenceService (vLLM backend of the Hugging Face runtime); "
+        "deployment: a vLLM Deployment + Service where KServe is absent; none: the registry alias only.")
+    name: str = Field("deepmmsearch-agent", description="Name of the serving object, and the served model name.")
+    gpus: int = Field(1, ge=1, le=8, description="GPUs of the server (vLLM tensor parallel).")
+    max_model_len: int = Field(32768, ge=1024, description="vLLM --max-model-len of the server.")
+    cpu: str = Field("8", description="CPU request/limit of the server.")
+    memory: str = Field("64Gi", description="Memory request/limit of the server.")
+    storage_service_account: str = Field(
+        "dmms-model-reader", description="KServe: service account whose S3 credentials read the checkpoint.")
+
+
 class PromoteSettings(_Section):
     """Promotion gates: a challenger becomes champion only if it passes all of them (components/registry)."""
 

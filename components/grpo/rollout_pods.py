@@ -38,7 +38,7 @@ import yaml
 from kubernetes import client as k8s
 
 from components.common import kube
-from components.grpo.distributed.vllm_server import vllm_serve_command, vllm_serve_env
+from components.common.vllm_server import vllm_serve_command, vllm_serve_env
 
 log = logging.getLogger(__name__)
 

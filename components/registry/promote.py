@@ -44,9 +44,11 @@ from components.common.tracking import (
     get_alias,
     previous_version,
     register_checkpoint,
+    resolve_alias,
     set_alias,
     set_version_tags,
 )
+from components.registry.serving import ServingError, update_serving
 
 log = logging.getLogger(__name__)
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -252,6 +254,8 @@ def promote(settings: Settings, eval_run_id: str, checkpoint_uri: str,
         "dmms.promotion.reference_eval_run": reference_eval_run_id or "none",
         "dmms.promotion.gates": gates.model_dump_json()})
     if decision.promoted:
+        # the server first: if it cannot be pointed at the new version, the champion does not move
+        update_serving(settings, checkpoint_uri, version)
         set_alias(settings, CHAMPION, version)
     log.info("version %s: %s (%s)", version, "promoted to champion" if decision.promoted else decision.status,
              "; ".join(decision.reasons))
@@ -279,4 +283,15 @@ def rollback(settings: Settings) -> tuple[str, str]:
     set_version_tags(settings, current.version, {"dmms.promotion.rolled_back": "true",
                                                  "dmms.promotion.rolled_back_to": target})
     log.info("rolled champion back: %s -> %s", current.version, target)
+    sync_serving(settings)
     return str(current.version), target
+
+
+def sync_serving(settings: Settings) -> dict | None:
+    """Point the serving object at the current champion (after a rollback; ``dmms serve sync``)."""
+    pointer = resolve_alias(settings, CHAMPION)
+    try:
+        return update_serving(settings, pointer.checkpoint_uri, pointer.version)
+    except ServingError as exc:
+        raise ServingError(f"{exc}; the registry's champion is version {pointer.version}: fix that and run "
+                           "`dmms serve sync`") from exc

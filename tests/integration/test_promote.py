@@ -146,3 +146,40 @@ def test_cli_promote_and_rollback(benches, mlflow_server, openai_server, tmp_pat
     out = runner.invoke(app, ["promote", "--rollback"])
     assert out.exit_code == 2 and "nothing to roll back to" in out.output
     shutil.rmtree(tmp_path / "eval")
+
+
+def test_promotion_and_rollback_move_the_served_checkpoint(benches, mlflow_server, openai_server, tmp_path,
+                                                           monkeypatch):
+    """The serving object (a KServe InferenceService) follows the champion. The Kubernetes API is an
+    in-memory stand-in (kmock, tests/unit/grpo/kube_standin.py: no API server runs here); a cluster
+    adds KServe pulling the checkpoint from MinIO and vLLM answering on its URL."""
+    from components.registry import serving
+    from tests.unit.grpo.kube_standin import NS, StandIn
+
+    api = StandIn()
+    monkeypatch.setattr(serving, "_api", lambda: api.api)
+    try:
+        folders, rows = benches
+        settings = load_settings(
+            tracking={"uri": mlflow_server, "experiment": "serve-tests", "model_name": f"s-{uuid.uuid4().hex[:8]}"},
+            promote={"mode": "direct", "min_accuracy": 25.0, "max_regression": 10.0, "max_format_error_rate": 5.0,
+                     "min_search_required_accuracy": 0.0},
+            serving={"target": "kserve"}, pipelines={"namespace": NS},
+            evaluate={"out_dir": str(tmp_path / "eval")})
+        assert serving.serving_status(settings)["version"] is None  # nothing served yet
+        a = promote(settings, _eval(settings, openai_server, folders["v1"], rows, 20), "s3://store/ckpt/a/final")
+        status = serving.serving_status(settings)
+        assert (status["version"], status["checkpoint_uri"]) == (a.version, "s3://store/ckpt/a/final")
+        b = promote(settings, _eval(settings, openai_server, folders["v1"], rows, 36), "s3://store/ckpt/b/final")
+        isvc = api.api.sanitize_for_serialization(__import__("kubernetes").client.CustomObjectsApi(api.api)
+                                                  .get_namespaced_custom_object(*serving.KSERVE[:2], NS,
+                                                                                serving.KSERVE[2], "deepmmsearch-agent"))
+        assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://store/ckpt/b/final"
+        assert isvc["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == settings.pipelines.kueue_queue
+        refused = promote(settings, _eval(settings, openai_server, folders["v1"], rows, 24), "s3://store/ckpt/c/final")
+        assert refused.status == "refused" and serving.serving_status(settings)["version"] == b.version
+        rollback(settings)
+        status = serving.serving_status(settings)
+        assert (status["version"], status["checkpoint_uri"]) == (a.version, "s3://store/ckpt/a/final")
+    finally:
+        api.close()

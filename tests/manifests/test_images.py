@@ -63,7 +63,7 @@ def test_train_image_pins_a_trl_supported_vllm_inside_the_gpu_extra():
     vllm = Version(_pin(reqs["vllm"][0]))
     assert GPU_EXTRA["vllm"].specifier.contains(vllm), f"vllm {vllm} outside pyproject gpu extra"
     assert Version("0.22.0") <= vllm <= Version("0.31.0"), "TRL 1.16 supports vLLM 0.22.0-0.31.0 (docs/facts.md)"
-    from components.grpo.distributed.vllm_server import DEFAULT_VLLM_VERSION
+    from components.common.vllm_server import DEFAULT_VLLM_VERSION
 
     assert Version(DEFAULT_VLLM_VERSION) == vllm, "the vllm serve builder must assume the vLLM the image ships"
 

@@ -18,6 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from components.common.settings import load_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
 OVERLAYS = ["local", "dev", "prod"]
@@ -205,12 +207,19 @@ def _rollout_template(objs: list[dict]) -> tuple[dict, dict]:
 def test_rbac_grants_the_launcher_exactly_what_it_uses(rendered):
     objs = rendered["base"]
     (role,) = _by(objs, "Role", "dmms-rollout-launcher")
-    grants = {(g, r): set(rule["verbs"]) for rule in role["rules"]
-              for g in rule["apiGroups"] for r in rule["resources"]}
+    grants: dict = {}
+    for rule in role["rules"]:
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                key = (g, r, tuple(rule.get("resourceNames", ())))
+                grants[key] = grants.get(key, set()) | set(rule["verbs"])
     lifecycle = {"create", "get", "list", "watch", "delete"}
-    assert grants == {("apps", "deployments"): lifecycle, ("", "services"): lifecycle,
-                      ("", "pods"): {"get", "list"}, ("", "events"): {"list"},
-                      ("trainer.kubeflow.org", "trainjobs"): lifecycle, ("", "pods/log"): {"get"}}
+    serving = (load_settings().serving.name,)
+    assert grants == {("apps", "deployments", ()): lifecycle, ("", "services", ()): lifecycle,
+                      ("", "pods", ()): {"get", "list"}, ("", "events", ()): {"list"},
+                      ("trainer.kubeflow.org", "trainjobs", ()): lifecycle, ("", "pods/log", ()): {"get"},
+                      ("serving.kserve.io", "inferenceservices", ()): {"get", "create", "patch"},
+                      ("apps", "deployments", serving): {"patch"}, ("", "services", serving): {"patch"}}
     (binding,) = _by(objs, "RoleBinding", "dmms-rollout-launcher")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dmms-pipeline-runner",
                                     "namespace": "deepmmsearch"}]

@@ -22,6 +22,7 @@ OWNER = {"apiVersion": "v1", "kind": "Pod", "name": "grpo-step-abc", "uid": "0f5
          "controller": False, "blockOwnerDeletion": False}
 DEPLOYMENTS, SERVICES = "apps/v1/deployments", "v1/services"
 TRAINJOBS = "trainer.kubeflow.org/v1alpha1/trainjobs"
+INFERENCESERVICES = "serving.kserve.io/v1beta1/inferenceservices"
 
 
 class StandIn:
@@ -45,7 +46,7 @@ class StandIn:
         await handler.__aenter__()
         server = kmock.Server(handler)
         await server.__aenter__()
-        for resource in (DEPLOYMENTS, SERVICES, TRAINJOBS, "v1/pods", "v1/events"):
+        for resource in (DEPLOYMENTS, SERVICES, TRAINJOBS, INFERENCESERVICES, "v1/pods", "v1/events"):
             handler.resources[resource].namespaced = True
         return handler, server
 

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 from kmock import KubernetesError
 
-from components.grpo.distributed.vllm_server import vllm_serve_command
+from components.common.vllm_server import vllm_serve_command
 from components.grpo.rollout_pods import (
     INSTANCE_LABEL,
     RolloutError,

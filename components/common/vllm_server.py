@@ -1,4 +1,4 @@
-"""The command line of a vLLM OpenAI-compatible server, for rollout pods and the judge.
+"""The command line of a vLLM OpenAI-compatible server: GRPO rollout pods, the judge, the champion.
 
 Why: TRL 1.16's ``trl vllm-serve`` is now a deprecated thin wrapper that execs ``vllm serve`` with
 flags TRL's trainers rely on (NCCL weight transfer, processed logprobs, no logprob cap, and — on
