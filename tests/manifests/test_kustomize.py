@@ -356,3 +356,12 @@ def test_every_data_service_admits_only_its_clients(rendered, target):
                 assert not admits(_STRANGER), f"{target}: anyone reaches {service}"
             elif who in ("kfp", "trainjob") or who in names:
                 assert not admits(_peer(objs, who)), f"{target}: {who} reaches {service}:{port}"
+
+
+def test_kserve_reads_the_champion_with_the_service_account_the_settings_name(rendered):
+    objs = rendered["base"]
+    name = load_settings(profile="tiny").serving.storage_service_account
+    (sa,) = _by(objs, "ServiceAccount", name)
+    (secret,) = _by(objs, "Secret", sa["secrets"][0]["name"])
+    assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"].startswith("minio.")
+    assert set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
