@@ -501,6 +501,7 @@ class PipelinesSettings(_Section):
                                   "rootPassword": "DMMS_STORAGE__SECRET_KEY"},
             "toolserver-secrets": {"token": "DMMS_TOOLS__TOKEN"},
             "hf-token": {"token": "HF_TOKEN"},
+            "mlflow-auth": {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
         },
         description="Kubernetes Secrets mounted as env in every step: secret -> {key: ENV_VAR}.")
     cluster_env: dict[str, str] = Field(

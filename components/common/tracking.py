@@ -202,7 +202,16 @@ class RunHandle:
 
 def _experiment_id(mlc: MlflowClient, settings: Settings) -> str:
     name = settings.tracking.experiment
-    exp = mlc.get_experiment_by_name(name)
+    try:
+        exp = mlc.get_experiment_by_name(name)
+    except _mlflow_exception() as exc:
+        if "401" in str(exc) or "403" in str(exc) or "Unauthorized" in str(exc) or "PERMISSION_DENIED" in str(exc):
+            who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            raise TrackingError(
+                f"MLflow at {settings.tracking.uri} refused the request ({'as ' + who if who else 'no credentials'}):"
+                " set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (on the cluster: the mlflow-auth "
+                "Secret, mounted into every step)") from None
+        raise
     if exp is not None:
         return exp.experiment_id
     try:

@@ -213,3 +213,26 @@ def _no_active_run():
     yield
     while mlflow.active_run() is not None:
         mlflow.end_run("FAILED")
+
+
+def test_behind_basic_auth_runs_log_with_credentials_and_are_refused_without(mlflow_server_auth, monkeypatch):
+    """MLflow behind its basic-auth app, as the cluster runs it (manifests/base/mlflow): the steps'
+    credentials come from the mlflow-auth Secret as MLFLOW_TRACKING_USERNAME / _PASSWORD."""
+    from components.common.tracking import TrackingError, tracked_run
+    from tests.fixtures.mlflow_server import AUTH_PASSWORD, AUTH_USER
+
+    settings = load_settings(tracking={"uri": mlflow_server_auth, "experiment": "auth-tests"})
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    with pytest.raises(TrackingError, match=r"refused the request \(no credentials\).*MLFLOW_TRACKING_USERNAME"):
+        with tracked_run(settings, "sft"):
+            pass
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", AUTH_USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password")
+    with pytest.raises(TrackingError, match=f"as {AUTH_USER}"):
+        with tracked_run(settings, "sft"):
+            pass
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", AUTH_PASSWORD)
+    with tracked_run(settings, "sft") as run:
+        run.log_metrics({"loss": 1.5}, step=1)
+    assert MlflowClient(mlflow_server_auth).get_run(run.run_id).data.metrics["loss"] == 1.5

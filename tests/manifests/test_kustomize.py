@@ -136,7 +136,7 @@ def test_secrets_are_placeholders_and_every_reference_resolves(rendered, target)
                 assert "CHANGE-ME" in value, f"Secret {name}.{key} holds a real-looking value"
     for obj in _workloads(objs):
         pod = _pod_spec(obj)
-        for c in pod["containers"]:
+        for c in pod.get("initContainers", []) + pod["containers"]:
             for env in c.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref and not ref.get("optional"):
@@ -365,3 +365,16 @@ def test_kserve_reads_the_champion_with_the_service_account_the_settings_name(re
     (secret,) = _by(objs, "Secret", sa["secrets"][0]["name"])
     assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"].startswith("minio.")
     assert set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_mlflow_runs_behind_basic_auth_with_the_credentials_the_steps_get(rendered):
+    (mlflow,) = _by(rendered["base"], "Deployment", "mlflow")
+    pod = _pod_spec(mlflow)
+    assert "--app-name=basic-auth" in pod["containers"][0]["args"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].startswith("/etc/mlflow-auth/")
+    steps = load_settings(profile="tiny").pipelines.secrets["mlflow-auth"]
+    assert steps == {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+    (init,) = pod["initContainers"]
+    refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in init["env"]}
+    assert refs == {"username", "password"}  # the admin the server creates is the one the steps log in as
