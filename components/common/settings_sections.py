@@ -447,8 +447,10 @@ class DatagenSettings(_Section):
 class PipelinesSettings(_Section):
     """Kubeflow Pipelines: images, where runs go, GPU node pools, Secrets (pipelines/, components/kfp/)."""
 
-    base_image: str = Field("deepmmsearch/toolserver:0.1.0",
-                            description="Image of the CPU steps (world, index, datagen, promote): has the package.")
+    base_image: str = Field("deepmmsearch/train:0.1.0",
+                            description="Image of the CPU steps (world, index, datagen, promote, cleanup): the train "
+                            "image by default, which has every step body's dependencies and KFP's runtime (the slim "
+                            "toolserver image only serves search).")
     train_image: str = Field("deepmmsearch/train:0.1.0",
                              description="Image of the GPU steps (sft, grpo, evaluate): CUDA, torch, trl, vllm.")
     image_registry: str | None = Field(None, description="Registry `make images` pushes to (e.g. ghcr.io/org).")
