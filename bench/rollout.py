@@ -9,7 +9,9 @@ every local search. N prompts × G generations = N·G trajectories of the agent 
 - ``policy=scripted`` (default): a deterministic policy standing for a model (``ScriptedGenerator``,
   tokenised with the tiny model's tokenizer): an image search, 0-2 text searches (by prompt), an answer;
 - ``policy=tiny``: the tiny random model through the local generator (mostly invalid turns).
-Ours: all trajectories at once (concurrency N·G, generation batched). Baseline: the same loop one
+Ours: all trajectories at once (concurrency N·G, generation batched with the batching window
+``--window-ms``; the same without a window is reported beside it, with both batch-size
+histograms). Baseline: the same loop one
 trajectory at a time (concurrency 1), which also gives each trajectory's own duration; the ideal
 is N·G / (the longest single trajectory's duration), i.e. only its critical path remains, and the
 report gives ours ÷ ideal.
@@ -91,9 +93,9 @@ async def _measure(args, tmp: Path) -> dict:
     gen = (ScriptedGenerator(_policy, processor) if args.policy == "scripted"
            else LocalGenerator(model, processor, seed=0))
     samples = _samples(tmp, args.prompts, args.generations)
-    def loop(tools, concurrency):
+    def loop(tools, concurrency, window_ms=args.window_ms):
         return AgentLoop(gen, tools, LoopConfig(concurrency=concurrency, max_new_tokens=args.max_new_tokens,
-                                                progress=False, temperature=1.0))
+                                                progress=False, temperature=1.0, batch_window_s=window_ms / 1000))
 
     async with in_process_client(_app(settings, tmp, "warm")) as tools:
         await loop(tools, 1).run(samples[:1])  # warm-up (model, index, processor)
@@ -105,6 +107,10 @@ async def _measure(args, tmp: Path) -> dict:
             await loop(tools, 1).run([s])
             singles.append(time.perf_counter() - t0)
         sequential_s = time.perf_counter() - started
+    async with in_process_client(_app(settings, tmp, "no-window")) as tools:  # batching without a window
+        started = time.perf_counter()
+        unwindowed = await loop(tools, len(samples), window_ms=0).run(samples)
+        unwindowed_s = time.perf_counter() - started
     async with in_process_client(_app(settings, tmp, "concurrent")) as tools:
         started = time.perf_counter()
         result = await loop(tools, len(samples)).run(samples)
@@ -117,7 +123,18 @@ async def _measure(args, tmp: Path) -> dict:
     return {"n": n, "ours": n / concurrent_s, "baseline": n / sequential_s, "ideal": ideal,
             "concurrent_s": concurrent_s, "sequential_s": sequential_s, "longest_single_s": max(singles),
             "mean_single_s": sum(singles) / n, "batch_sizes": result.batch_sizes, "end_reasons": ends,
+            "batch_size_histogram": _histogram(result.batch_sizes),
+            "no_window": {"trajectories_per_s": round(n / unwindowed_s, 3), "ratio_to_ideal": round(n / unwindowed_s / ideal, 3),
+                          "batch_size_histogram": _histogram(unwindowed.batch_sizes)},
             "tool_calls": sum(t.text_searches + t.image_searches + t.crop_searches for t in result.trajectories)}
+
+
+def _histogram(sizes: list[int]) -> dict[str, int]:
+    """Generation calls per batch size (how well tool returns were gathered into batches)."""
+    counts: dict[int, int] = {}
+    for size in sizes:
+        counts[size] = counts.get(size, 0) + 1
+    return {str(k): counts[k] for k in sorted(counts)}
 
 
 def main() -> None:
@@ -127,6 +144,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=300, help="settings.tools.simulated_latency_ms")
     parser.add_argument("--policy", choices=["scripted", "tiny"], default="scripted")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--window-ms", type=float, default=5.0, help="the batching window (agent.batch_window_ms)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:

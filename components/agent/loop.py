@@ -84,6 +84,8 @@ class LoopConfig:
     top_p: float = 1.0
     top_k: int = 5  # tool results per search
     concurrency: int = 32
+    # how long a generation batch may wait for more trajectories (tool calls returning): agent.batch_window_ms
+    batch_window_s: float = 0.005
     progress: bool = True
     # A failed search is reported to the model as <information> (it may rephrase, or answer);
     # this many failures IN A ROW end the trajectory with ``tool_error`` (a dead or misconfigured
@@ -237,7 +239,8 @@ class AgentLoop:
         a, m = settings.agent, settings.model
         config = LoopConfig(limits=Limits.from_settings(a), prompt_version=a.prompt_version,
                             max_new_tokens=m.max_new_tokens, temperature=m.temperature,
-                            top_k=settings.tools.top_k, concurrency=a.concurrency)
+                            top_k=settings.tools.top_k, concurrency=a.concurrency,
+                            batch_window_s=a.batch_window_ms / 1000)
         for key, value in overrides.items():
             setattr(config, key, value)
         return cls(generator, tools, config)
@@ -249,8 +252,9 @@ class AgentLoop:
         ``on_finish(trajectory, images)`` is called as each trajectory ends (datagen's journal keeps
         it there, so a crash loses nothing that finished); ``images`` maps sha256 to bytes."""
         lockstep = getattr(self.generator, "lockstep", False)
-        self.batcher = (LockstepBatcher(self.generator) if lockstep
-                        else Batcher(self.generator, max_batch=self.config.concurrency))
+        window = self.config.batch_window_s
+        self.batcher = (LockstepBatcher(self.generator, window_s=window) if lockstep
+                        else Batcher(self.generator, max_batch=self.config.concurrency, window_s=window))
         if lockstep:
             self.batcher.start()
         sem = asyncio.Semaphore(self.config.concurrency)

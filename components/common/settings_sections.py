@@ -243,6 +243,9 @@ class AgentSettings(_Section):
     )
     prompt_version: str = Field("v1", description="Prompt template version (agent/prompts/).")
     concurrency: int = Field(32, ge=1, description="Trajectories in flight at once.")
+    batch_window_ms: float = Field(
+        5.0, ge=0, le=1000, description="How long a generation batch waits for more trajectories (those whose "
+        "tool calls are returning) before it starts; 0: only the ones ready at once (bench/rollout.py).")
 
 
 class SFTSettings(_Section):

@@ -146,6 +146,7 @@ def test_mlflow_run_records_counts_mix_and_uri(oracle_run):
     assert m["tools/text_searches"] == result.tool_mix["text_searches"]
     assert sum(v for k, v in m.items() if k.startswith("category/")) == N
     assert run.data.tags["dmms.dataset_uri"] == result.dataset_uri
+    assert len(run.data.tags["dmms.index_version"]) == 16  # the index version its trajectories searched
     arts = [a.path for a in MlflowClient(settings.tracking.uri).list_artifacts(result.run_id, "datagen")]
     assert "datagen/turns.png" in arts and "datagen/stats.json" in arts
 

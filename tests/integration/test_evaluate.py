@@ -96,6 +96,7 @@ def test_direct_and_rag_with_tiny_model(tiny_model, world_bench, toolserver, mlf
     assert run.data.tags["dmms.step"] == "evaluate"
     assert run.data.tags["dmms.benchmarks_version"] == result.benchmarks_version
     assert run.data.tags["dmms.bench.world.version"] == result.bench_versions["world"]
+    assert len(run.data.tags["dmms.index_version"]) == 16  # the index version it searched (tool-server /readyz)
     assert run.data.metrics["accuracy.avg.rag"] == pytest.approx(m["accuracy.avg.rag"])
     arts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/report.html", "evaluation/samples.jsonl", "evaluation/table.md",

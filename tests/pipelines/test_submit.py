@@ -26,10 +26,12 @@ def test_submit_without_host_names_what_to_set(monkeypatch):
     monkeypatch.delenv("KFP_HOST", raising=False)
     with pytest.raises(SubmitError, match="KFP_HOST.*DMMS_PIPELINES__KFP_HOST"):
         submit(load_settings(), "full")
-    out = _dmms("submit", "--pipeline", "full", env={})
+    out = _dmms("submit", "--pipeline", "full", "--allow-synthetic", env={})
     assert out.returncode == 2
     assert "no Kubeflow Pipelines host: set KFP_HOST" in out.stderr
     assert "Traceback" not in out.stderr
+    out = _dmms("submit", "--pipeline", "full", env={})  # real data is checked first, before any host
+    assert out.returncode == 2 and "seed_vqa_uri" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_unreachable_host_is_reported(monkeypatch):

@@ -74,13 +74,18 @@ class Batcher:
 
     ``submit`` enqueues a request and awaits its output. A single worker task waits for the first
     request, then lets the event loop settle (yields until no new request arrived for
-    ``settle_rounds`` iterations, so every trajectory that is ready can enqueue), and calls the
-    backend once with up to ``max_batch`` requests. Tool calls keep running meanwhile: backends
-    that block (local) run their work in a thread. ``batch_sizes`` records every call's size.
+    ``settle_rounds`` iterations, so every trajectory that is ready can enqueue) and, with
+    ``window_s`` > 0, keeps collecting for at most that long while requests still arrive: the
+    trajectories whose tool calls return a moment later join this batch instead of each starting
+    a batch of one (tool latencies differ, so after the first round they return one by one). It
+    then calls the backend once with up to ``max_batch`` requests. Tool calls keep running
+    meanwhile: backends that block (local) run their work in a thread. ``batch_sizes`` records
+    every call's size (the bench's histogram).
     """
 
-    def __init__(self, generator: Generator, max_batch: int = 64, settle_rounds: int = 3):
+    def __init__(self, generator: Generator, max_batch: int = 64, settle_rounds: int = 3, window_s: float = 0.0):
         self.generator, self.max_batch, self.settle_rounds = generator, max_batch, settle_rounds
+        self.window_s = window_s
         self.batch_sizes: list[int] = []
         self._queue: list[tuple[GenRequest, asyncio.Future]] = []
         self._wake = asyncio.Event()
@@ -100,6 +105,16 @@ class Batcher:
             await asyncio.sleep(0)
             quiet = quiet + 1 if len(self._queue) == seen else 0
             seen = len(self._queue)
+        if self.window_s <= 0:
+            return
+        # the window: wait in short slices while the batch still grows, never past window_s
+        loop = asyncio.get_running_loop()
+        deadline, step = loop.time() + self.window_s, self.window_s / 4
+        while len(self._queue) < self.max_batch and loop.time() < deadline:
+            before = len(self._queue)
+            await asyncio.sleep(min(step, max(0.0, deadline - loop.time())))
+            if len(self._queue) == before and before > 1:
+                break  # nothing came during a slice: the rest are busy with tools for longer
 
     async def _run(self) -> None:
         while self._queue:
@@ -148,8 +163,8 @@ class LockstepBatcher(Batcher):
     of this rank's trajectories have ended; the worker returns once every rank has finished.
     """
 
-    def __init__(self, generator: Generator, max_batch: int = 1 << 30, settle_rounds: int = 3):
-        super().__init__(generator, max_batch, settle_rounds)
+    def __init__(self, generator: Generator, max_batch: int = 1 << 30, settle_rounds: int = 3, window_s: float = 0.0):
+        super().__init__(generator, max_batch, settle_rounds, window_s)
         self._finished = False
 
     def start(self) -> None:

@@ -210,3 +210,23 @@ async def test_batcher_collects_concurrent_requests_into_one_call(tiny):
     batcher = Batcher(gen, max_batch=4)
     outs = await asyncio.gather(*(batcher.submit(GenRequest(messages=[], stop=STOP_STRINGS)) for _ in range(6)))
     assert len(outs) == 6 and gen.calls == [4, 2]
+
+
+async def test_the_batching_window_gathers_requests_that_arrive_a_moment_apart(tiny):
+    """Trajectories come back from their tool calls at different times: 3 requests 2 ms apart make
+    one batch with a 200 ms window, three batches of one without (the sizes are what the bench's
+    histogram shows)."""
+    _, processor = tiny
+
+    async def staggered(batcher):
+        async def one(k):
+            await asyncio.sleep(0.002 * k)
+            return await batcher.submit(GenRequest(messages=[], stop=STOP_STRINGS))
+        return await asyncio.gather(*(one(k) for k in range(3)))
+
+    windowed = ScriptedGenerator(fixed_turns([ANSWER]), processor)
+    await staggered(Batcher(windowed, max_batch=8, window_s=0.2))
+    assert windowed.calls == [3]
+    bare = ScriptedGenerator(fixed_turns([ANSWER]), processor)
+    await staggered(Batcher(bare, max_batch=8, window_s=0.0))
+    assert bare.calls == [1, 1, 1]
