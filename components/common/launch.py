@@ -139,6 +139,14 @@ def accelerate_argv(plan: LaunchPlan, config_path: str | Path, step: str, step_a
     return argv + ["-m", TRAIN_MODULES[step], *step_args]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def write_result(settings: Any, out_uri: str, result: Any) -> None:
     """Rank 0: publish the step's result (a pydantic model) for its launcher."""
     from components.common.storage import join_uri, open_store
@@ -198,7 +206,8 @@ def launch_node(settings: Any, step: str, step_args: Sequence[str], *, env: Mapp
     child_env = {**os.environ, **(env or {})}
     rank = node_rank if node_rank is not None else int(child_env.get("PET_NODE_RANK", "0") or 0)
     address = child_env.get("PET_MASTER_ADDR", "127.0.0.1")
-    port = int(child_env.get("PET_MASTER_PORT", str(MAIN_PORT)) or MAIN_PORT)
+    # one node: any free port (two steps on one machine must not meet); a TrainJob: the runtime's
+    port = int(child_env["PET_MASTER_PORT"]) if child_env.get("PET_MASTER_PORT") else _free_port()
     with tempfile.TemporaryDirectory(prefix=f"dmms-{step}-launch-") as tmp:
         config_path = Path(tmp, "accelerate.yaml")
         config_path.write_text(yaml.safe_dump(accelerate_config(plan), sort_keys=False))
