@@ -103,8 +103,9 @@ def _auth_dependency(settings: Settings):  # noqa: ANN202 - a FastAPI dependency
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ToolServerError)
     async def _tool_error(request: Request, exc: ToolServerError) -> JSONResponse:
-        if exc.status >= 500:
-            log.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
+        if exc.status >= 500:  # "not ready" is what every client polling a starting server sees: not a warning
+            log.log(logging.DEBUG if exc.code == "not_ready" else logging.WARNING, "%s %s -> %d %s: %s",
+                    request.method, request.url.path, exc.status, exc.code, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return error_response(exc.status, exc.code, exc.message, headers)
 
