@@ -4,8 +4,9 @@
         resp = await tools.text_search("eiffel tower height", top_k=5)     # TextSearchResponse
         resp, err = await tools.safe_image_search(pil_image, region="top-left")  # never raises
 
-Timeouts on every call; bounded retries with exponential backoff on 5xx, timeouts and connection
-errors (never on 4xx: the request itself is wrong). Failures raise :class:`ToolError` with the
+Timeouts on every call; bounded retries with exponential backoff only where a retry cannot double
+the server's work: connection failures, 429 (after its Retry-After), 502 and 503 — never a 504 (the
+server's own upstream deadline), a 500, a 4xx or a read timeout. Failures raise :class:`ToolError` with the
 server's message; ``safe_*`` return ``(None, message)`` instead, so a tool failure becomes text for
 the model and never kills a rollout. :func:`in_process_client` gives the same interface over the
 app in this process (``httpx.ASGITransport``), with no network.
@@ -30,6 +31,18 @@ from components.search.types import ImageSearchResponse, TextSearchResponse
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
+
+
+RETRYABLE = {429, 502, 503}  # overloaded or restarting; a 504 is our own deadline, never retried
+MAX_RETRY_AFTER_S = 30.0
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """Seconds a 429/503 asks us to wait (Retry-After in seconds), capped; None without one."""
+    try:
+        return min(float(resp.headers["retry-after"]), MAX_RETRY_AFTER_S)
+    except (KeyError, ValueError):
+        return None
 
 
 class ToolError(RuntimeError):
@@ -74,11 +87,18 @@ class ToolClient:
         await self._http.aclose()
 
     async def _post(self, path: str, body: dict[str, Any], model: type[R]) -> R:
+        """One call, retried only when a retry can help and cannot double the server's work: the
+        connection failed before the request reached it, or it said 429 (after its Retry-After),
+        502 or 503. Never a 504 (the server already spent its upstream deadline on it; asking again
+        would spend it again), a 500, a 4xx, or a read timeout."""
         for attempt in range(self.retries + 1):
+            wait: float | None = None
             try:
                 resp = await self._http.post(path, json=body)
-            except httpx.TransportError as exc:  # timeouts, refused connections, resets
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached the server
                 err = ToolError(f"tool-server {path}: {type(exc).__name__}: {exc or 'no answer'}")
+            except httpx.TransportError as exc:  # read timeout, reset mid-request: it may be working on it
+                raise ToolError(f"tool-server {path}: {type(exc).__name__}: {exc or 'no answer'}") from None
             else:
                 if resp.status_code < 400:
                     try:
@@ -87,11 +107,12 @@ class ToolClient:
                         raise ToolError(f"tool-server {path}: unexpected answer: {exc}"[:500],
                                         status=resp.status_code) from None
                 err = _error_of(path, resp)
-                if resp.status_code < 500:
+                if resp.status_code not in RETRYABLE:
                     raise err
+                wait = _retry_after(resp)
             if attempt == self.retries:
                 raise err
-            delay = self.backoff_s * 2**attempt * (0.5 + random.random())
+            delay = wait if wait is not None else self.backoff_s * 2**attempt * (0.5 + random.random())
             log.warning("%s; retry %d/%d in %.2fs", err, attempt + 1, self.retries, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")

@@ -218,3 +218,24 @@ def test_cli_builds_and_serves(toolserver_corpus, tmp_path):
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_a_hanging_upstream_gets_our_504_and_the_client_does_not_retry_it(web_toolserver):
+    """The tool-server answers 504 when its upstream deadline passes (upstream_timeout_s=1.5 here,
+    below the client's 10 s timeout); the client then stops: asking again would spend the same
+    deadline again. One client call = one request at the server."""
+    from components.search.client import ToolClient, ToolError
+
+    web, ts = web_toolserver
+    web.mode = "hang"
+    before = ts.metric("dmms_requests_total", route="/v1/text_search", status="504")
+
+    async def call():
+        async with ToolClient(ts.url, TOKEN, timeout_s=10, retries=3, backoff_s=0.01) as client:
+            return await client.text_search(f"q {uuid.uuid4().hex}")
+
+    with pytest.raises(ToolError) as exc:
+        asyncio.run(call())
+    web.mode = "ok"
+    assert exc.value.status == 504 and exc.value.code == "upstream_timeout"
+    assert ts.metric("dmms_requests_total", route="/v1/text_search", status="504") == before + 1
