@@ -37,27 +37,28 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from components.common.settings_cluster import PipelinesSettings, ServingSettings  # noqa: F401  (re-exported)
 from components.common.settings_sections import (  # noqa: F401  (re-exported: import sections from here)
     ENV_PREFIX,
     PROFILES_DIR,
     AgentSettings,
-    DatagenSettings,
-    EvaluateSettings,
-    GRPOSettings,
     JudgeSettings,
     LLMEndpointSettings,
     ModelSettings,
-    PipelinesSettings,
     Profile,
-    PromoteSettings,
-    ServingSettings,
     SettingsError,
-    SFTSettings,
     StorageSettings,
     ToolsSettings,
     TrackingSettings,
     _Section,
     env_name,
+)
+from components.common.settings_steps import (  # noqa: F401  (re-exported)
+    DatagenSettings,
+    EvaluateSettings,
+    GRPOSettings,
+    PromoteSettings,
+    SFTSettings,
 )
 
 
