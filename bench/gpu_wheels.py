@@ -49,8 +49,10 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def closure(roots, skip=frozenset()) -> set[str]:
-    """Distributions ``roots`` need (their non-optional requirements for the target), by this env's metadata."""
+def closure(roots, skip=frozenset(), target: dict[str, str] | None = None) -> set[str]:
+    """Distributions ``roots`` need (their non-optional requirements for ``target``'s markers: the GPU
+    machine by default, this machine with ``{}``), by this environment's metadata."""
+    markers = TARGET if target is None else target
     seen: set[str] = set()
     stack = [_norm(r) for r in roots]
     while stack:
@@ -64,7 +66,7 @@ def closure(roots, skip=frozenset()) -> set[str]:
         seen.add(name)
         for line in dist.requires or []:
             req = Requirement(line)
-            if req.marker is None or req.marker.evaluate(TARGET):
+            if req.marker is None or req.marker.evaluate({"extra": "", **markers}):
                 stack.append(_norm(req.name))
     return seen
 

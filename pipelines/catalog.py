@@ -46,13 +46,16 @@ class PipelineDef:
 
 def build(name: str, settings: Settings, cluster: bool = True) -> PipelineDef:
     """Build pipeline ``name`` (one of :data:`NAMES`)."""
+    return _module(name).build(settings, cluster)
+
+
+def _module(name: str):
     if name not in NAMES:
         raise ValueError(f"unknown pipeline {name!r}: choose one of {', '.join(NAMES)}")
     from pipelines import eval as eval_pipeline
     from pipelines import full, retrain, smoke
 
-    module = {"full": full, "smoke": smoke, "retrain": retrain, "eval": eval_pipeline}[name]
-    return module.build(settings, cluster)
+    return {"full": full, "smoke": smoke, "retrain": retrain, "eval": eval_pipeline}[name]
 
 
 # What the paper-scale pipeline needs to be more than a smoke run: real seed questions and real
@@ -83,7 +86,4 @@ def check_params(name: str, params: dict[str, Any], allow_synthetic: bool = Fals
 
 
 def build_defaults(name: str) -> dict[str, Any]:
-    from pipelines import eval as eval_pipeline
-    from pipelines import full, retrain, smoke
-
-    return dict({"full": full, "smoke": smoke, "retrain": retrain, "eval": eval_pipeline}[name].DEFAULTS)
+    return dict(_module(name).DEFAULTS)

@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from kfp import dsl, kubernetes
 
 from components.common.settings import Settings
-from components.grpo.rollout_pods import ROLE_LABEL, TEMPLATE_PATHS
+from components.common.trainjob import QUEUE_LABEL, ROLE_LABEL, TRAINER_ROLE
+from components.grpo.rollout_pods import TEMPLATE_PATHS
 
 SHM_VOLUME = "dshm"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-TRAINER_ROLE = "grpo-trainer"
 ROLLOUT_TEMPLATE_CONFIGMAP = "rollout-pod-template"
 POD_FIELD_ENV = {"POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace"}
 

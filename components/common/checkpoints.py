@@ -136,8 +136,10 @@ def save_merged(trainer, dest: Path, base_model: str | None = None) -> Path | No
     Every rank calls it: under FSDP the full weights are gathered collectively (``trainer.save_model``
     with the FULL_STATE_DICT the launch config asks for) and rank 0 merges a LoRA adapter into
     ``base_model`` on the CPU. Returns ``dest`` on the main process, None on the others."""
+    from accelerate.utils import DistributedType
+
     acc = trainer.accelerator
-    if getattr(acc, "is_fsdp2", False) or str(acc.distributed_type).endswith("FSDP"):
+    if acc.distributed_type == DistributedType.FSDP:
         gathered = dest.with_name(dest.name + "-gathered")
         trainer.save_model(str(gathered))  # collective: every rank takes part, rank 0 writes
         acc.wait_for_everyone()

@@ -38,6 +38,7 @@ import yaml
 from kubernetes import client as k8s
 
 from components.common import kube
+from components.common.trainjob import ROLE_LABEL
 from components.common.vllm_server import vllm_serve_command, vllm_serve_env
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ TEMPLATE_PATHS = (
     Path(__file__).resolve().parents[2] / "manifests/base/rollout/rollout-template.yaml",  # a checkout
 )
 INSTANCE_LABEL = "app.kubernetes.io/instance"
-ROLE_LABEL, ROLE = "deepmmsearch.io/role", "rollout"  # set by the template; what the NetworkPolicies select
+ROLE = "rollout"  # the ROLE_LABEL the template sets; what the NetworkPolicies select
 RUN_LABEL = "deepmmsearch.io/run"  # the pipeline run that launched a server (its exit handler cleans up)
 SERVER_PORT = 8000
 RETRY_STATUSES = {429, 500, 502, 503, 504}

@@ -92,7 +92,15 @@ def needs_grounder(region: Any) -> bool:
     """True for a referring expression only a grounding model can place (no box, no spatial word)."""
     if not isinstance(region, str) or not region.strip() or _BOX_TEXT.match(region.strip()):
         return False
-    return spatial_box((100, 100), region) is None
+    return _spatial_words(region) == (None, None, False)
+
+
+def _spatial_words(text: str) -> tuple[str | None, str | None, bool]:
+    """(horizontal side, vertical side, centre) named in ``text``."""
+    words = _WORD.findall(text.lower())
+    h = next((_H[t] for t in words if t in _H), None)
+    v = next((_V[t] for t in words if t in _V), None)
+    return h, v, any(t in _C for t in words)
 
 
 def clamp_box(size: tuple[int, int], box: Any) -> list[int]:
@@ -119,9 +127,7 @@ def clamp_box(size: tuple[int, int], box: Any) -> list[int]:
 def spatial_box(size: tuple[int, int], text: str) -> list[int] | None:
     """The box a spatial phrase names, or ``None`` when ``text`` has no spatial word."""
     words = _WORD.findall(text.lower())
-    h = next((_H[t] for t in words if t in _H), None)
-    v = next((_V[t] for t in words if t in _V), None)
-    centre = any(t in _C for t in words)
+    h, v, centre = _spatial_words(text)
     if h is None and v is None and not centre:
         return None
     frac = next((_FRAC[t] for t in words if t in _FRAC), 0.5)

@@ -153,6 +153,8 @@ def test_promotion_and_rollback_move_the_served_checkpoint(benches, mlflow_serve
     """The serving object (a KServe InferenceService) follows the champion. The Kubernetes API is an
     in-memory stand-in (kmock, tests/unit/grpo/kube_standin.py: no API server runs here); a cluster
     adds KServe pulling the checkpoint from MinIO and vLLM answering on its URL."""
+    from kubernetes import client as k8s
+
     from components.registry import serving
     from tests.unit.grpo.kube_standin import NS, StandIn
 
@@ -171,9 +173,9 @@ def test_promotion_and_rollback_move_the_served_checkpoint(benches, mlflow_serve
         status = serving.serving_status(settings)
         assert (status["version"], status["checkpoint_uri"]) == (a.version, "s3://store/ckpt/a/final")
         b = promote(settings, _eval(settings, openai_server, folders["v1"], rows, 36), "s3://store/ckpt/b/final")
-        isvc = api.api.sanitize_for_serialization(__import__("kubernetes").client.CustomObjectsApi(api.api)
-                                                  .get_namespaced_custom_object(*serving.KSERVE[:2], NS,
-                                                                                serving.KSERVE[2], "deepmmsearch-agent"))
+        group, version, plural = serving.KSERVE
+        isvc = k8s.CustomObjectsApi(api.api).get_namespaced_custom_object(group, version, NS, plural,
+                                                                          "deepmmsearch-agent")
         assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://store/ckpt/b/final"
         assert isvc["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == settings.pipelines.kueue_queue
         refused = promote(settings, _eval(settings, openai_server, folders["v1"], rows, 24), "s3://store/ckpt/c/final")

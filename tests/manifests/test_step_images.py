@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from bench.gpu_wheels import closure
 from components.kfp import steps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,30 +50,11 @@ def _image_requirements(image: str) -> set[str]:
     return names
 
 
-def _closure(names: set[str]) -> set[str]:
-    seen: set[str] = set()
-    stack = list(names)
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        try:
-            dist = md.distribution(name)
-        except md.PackageNotFoundError:
-            continue  # not installable here (vllm): nothing of ours may import it at start
-        seen.add(name)
-        for line in dist.requires or []:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                stack.append(_norm(req.name))
-    return seen
-
-
 def _emulate(image: str, tmp: Path, drop: set[str] = frozenset()) -> Path:
     """A site-packages folder with exactly the image's distributions (links), minus ``drop``."""
     site = tmp / image / "site-packages"  # "site-packages" in the path: dill pickles other paths by value
     site.mkdir(parents=True)
-    for name in sorted(_closure(_image_requirements(image)) - set(drop)):
+    for name in sorted(closure(_image_requirements(image), target={}) - set(drop)):
         dist = md.distribution(name)
         base = Path(dist.locate_file(""))
         for top in {Path(f).parts[0] for f in dist.files or [] if Path(f).parts and Path(f).parts[0] != ".."}:
