@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 from components.agent.judges import Verdict
+from components.common import retry
 from components.common.llm import ChatClient, LLMError
 from components.common.settings import LLMEndpointSettings
 from components.search.cache import SQLiteCache
@@ -68,10 +69,15 @@ def parse_verdict(text: str) -> bool | None:
     return (m.group(1) == "correct") if m else None
 
 
+class _Unreadable(Exception):
+    """The judge's reply names no verdict."""
+
+
 class LLMJudge:
     """The paper's binary judge through an OpenAI-compatible endpoint: strict, cached, never raising."""
 
-    attempts = 2  # the first ask, and once more when the reply is unreadable or the request failed
+    attempts = 2  # the first ask, and once more when the reply is unreadable (the chat client retries
+    # the network per the shared policy: a request that failed for good is not asked again here)
 
     def __init__(self, endpoint: LLMEndpointSettings, cache_path: str | Path | None = None,
                  prompt_version: str = DEFAULT_PROMPT_VERSION, client: ChatClient | None = None):
@@ -108,22 +114,24 @@ class LLMJudge:
         if cached is not None:
             return Verdict(cached == "1", self.name, "cached")
         prompt = judge_prompt(question, golds, prediction, self.prompt_version, answer_range)
-        problem = ""
-        for attempt in range(self.attempts):
-            try:
-                result = await self._client().complete([{"role": "user", "content": prompt}],
-                                                       max_tokens=8, temperature=0.0)
-            except LLMError as exc:
-                problem = f"request failed: {exc}"
-            else:
-                verdict = parse_verdict(result.text)
-                if verdict is not None:
-                    await self._cache.set(key, "1" if verdict else "0")
-                    return Verdict(verdict, self.name, result.text.strip()[:40])
-                problem = f"unreadable verdict {result.text[:60]!r}"
-            log.debug("judge %s, attempt %d: %s", self.name, attempt + 1, problem)
-        log.warning("judge %s failed twice (%s): scored INCORRECT", self.name, problem)
-        return Verdict(False, self.name, f"judge error: {problem}", error=True)
+
+        async def ask() -> tuple[bool, str]:
+            result = await self._client().complete([{"role": "user", "content": prompt}],
+                                                   max_tokens=8, temperature=0.0)
+            verdict = parse_verdict(result.text)
+            if verdict is None:  # asked once more (the shared policy, no wait); the network is the client's
+                raise retry.Retryable(_Unreadable(f"unreadable verdict {result.text[:60]!r}"))
+            return verdict, result.text.strip()[:40]
+
+        try:
+            verdict, said = await retry.attempts(ask, name=f"judge {self.name}", retries=self.attempts - 1,
+                                                 wait_initial=0.0)
+        except (LLMError, _Unreadable) as exc:
+            problem = str(exc) if isinstance(exc, _Unreadable) else f"request failed: {exc}"
+            log.warning("judge %s failed (%s): scored INCORRECT", self.name, problem)
+            return Verdict(False, self.name, f"judge error: {problem}", error=True)
+        await self._cache.set(key, "1" if verdict else "0")
+        return Verdict(verdict, self.name, said)
 
     async def aclose(self) -> None:
         """Close the HTTP client of the running event loop (the judge stays usable)."""

@@ -2,8 +2,8 @@
 
 Why one: every LLM call in the system (a vLLM server in the cluster, a hosted teacher such as
 Gemini or GPT through an OpenAI-compatible gateway) needs the same things done right once —
-a timeout on every request, bounded retries with exponential backoff and jitter on 429/5xx and
-connection errors (never on other 4xx), images as data URLs, the key as a bearer token that is
+a timeout on every request, retries under the project's one policy (components/common/retry.py:
+connection failures, 429, 502, 503; never a read timeout, a 500, a 504 or another 4xx), images as data URLs, the key as a bearer token that is
 never logged, and an error that says which endpoint failed and why.
 
     client = ChatClient(settings.judge)
@@ -16,30 +16,25 @@ loopback).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import logging
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from components.common import retry
 from components.common.settings import LLMEndpointSettings
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
 class LLMError(RuntimeError):
     """A chat request failed for good (after retries, or a non-retryable answer)."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+    def __init__(self, message: str, *, status: int | None = None):
         super().__init__(message)
         self.status = status
-        self.retryable = retryable
 
 
 @dataclass
@@ -128,34 +123,33 @@ class ChatClient:
         return _parse_completion(data, self.endpoint.base_url or "")
 
     async def _post_with_retries(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST under the shared retry policy (components/common/retry.py): at most ``max_retries``
+        retries of connection failures, 429 (after its Retry-After), 502 and 503; a read timeout, a
+        500 or a 504 fails at once (the server may have spent the whole generation on it)."""
         where = f"{self.endpoint.base_url}{path}"
-        attempts = self.endpoint.max_retries + 1
-        for attempt in range(attempts):
+        tries = self.endpoint.max_retries + 1
+        gave_up = f" (gave up after {tries} attempts)" if tries > 1 else ""
+
+        async def once() -> dict[str, Any]:
             try:
                 resp = await self._client.post(path, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                err = LLMError(f"{where}: {type(exc).__name__}: {exc}", retryable=True)
-            else:
-                if resp.status_code < 400:
-                    try:
-                        return resp.json()
-                    except ValueError:
-                        raise LLMError(f"{where}: answer is not JSON ({resp.text[:200]!r})") from None
-                retryable = resp.status_code in RETRY_STATUS
-                err = LLMError(
-                    f"{where}: HTTP {resp.status_code}: {resp.text[:300]}",
-                    status=resp.status_code,
-                    retryable=retryable,
-                )
-            if not err.retryable or attempt == attempts - 1:
-                if attempts > 1 and err.retryable:
-                    raise LLMError(f"{err} (gave up after {attempts} attempts)", status=err.status) from None
-                raise err
-            delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
-            log.warning("chat request to %s failed (%s); retry %d/%d in %.2fs",
-                        where, err, attempt + 1, attempts - 1, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+            except httpx.TransportError as exc:
+                if retry.is_connect_error(exc):
+                    raise retry.Retryable(LLMError(f"{where}: {type(exc).__name__}: {exc}{gave_up}")) from exc
+                raise LLMError(f"{where}: {type(exc).__name__}: {exc}") from None
+            if resp.status_code >= 400:
+                message = f"{where}: HTTP {resp.status_code}: {resp.text[:300]}"
+                if retry.retryable_status(resp.status_code):
+                    raise retry.Retryable(LLMError(message + gave_up, status=resp.status_code),
+                                          retry_after=retry.retry_after_s(resp.headers))
+                raise LLMError(message, status=resp.status_code)
+            try:
+                return resp.json()
+            except ValueError:
+                raise LLMError(f"{where}: answer is not JSON ({resp.text[:200]!r})") from None
+
+        return await retry.attempts(once, name=f"chat {where}", retries=self.endpoint.max_retries,
+                                    wait_initial=self.backoff_s)
 
 
 def _parse_completion(data: dict[str, Any], where: str) -> ChatResult:

@@ -13,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 ENV_PREFIX = "DMMS_"
 PROFILES_DIR = Path(__file__).parent / "profiles"
 Profile = Literal["tiny", "paper"]
+CLIENT_MARGIN_S = 15.0  # tool-server clients wait this much longer than the server's deadline
 
 
 class SettingsError(ValueError):
@@ -86,7 +87,8 @@ class LLMEndpointSettings(_Section):
     api_key: SecretStr | None = Field(None, description="Bearer key for the endpoint.")
     model: str = Field("", description="Model name the endpoint serves.")
     timeout_s: float = Field(60.0, gt=0, description="Timeout of one request, seconds.")
-    max_retries: int = Field(3, ge=0, le=10, description="Retries with backoff on 429/5xx.")
+    max_retries: int = Field(3, ge=0, le=10, description="Retries of connection failures, 429, 502 and 503 "
+                             "(components/common/retry.py; never a read timeout, 500 or 504).")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature.")
     max_tokens: int = Field(1024, gt=0, description="Max tokens of one reply.")
 
@@ -126,8 +128,11 @@ class ToolsSettings(_Section):
         "local", description="Image search backend."
     )
     top_k: int = Field(5, ge=1, le=50, description="Results per search (paper: 5).")
-    timeout_s: float = Field(30.0, gt=0, description="Client timeout of one tool call, seconds.")
-    retries: int = Field(2, ge=0, le=10, description="Client retries with backoff.")
+    timeout_s: float | None = Field(
+        None, gt=0, description="Client timeout of one tool call, seconds; must exceed deadline_s (so the "
+        "server's 504 arrives first). Unset: deadline_s + 15.")
+    retries: int = Field(2, ge=0, le=10, description="Client retries of connection failures, 429, 502 and 503 "
+                         "(never a 504 or a read timeout: components/common/retry.py).")
     cache_url: str = Field(
         "sqlite:///.dmms/cache.db",
         description="Cache: sqlite:///path (disk) or redis://host:port/db.",
@@ -150,7 +155,8 @@ class ToolsSettings(_Section):
         None, description="Public base URL where query images are made reachable for the reverse-image "
         "API (SerpApi Lens needs an image URL): the image is PUT to <this>/<sha256>.jpg and that URL is "
         "sent; e.g. a bucket prefix writable by the tool-server and publicly readable.")
-    web_max_retries: int = Field(2, ge=0, le=10, description="Retries of a web API call on 429/5xx.")
+    web_max_retries: int = Field(2, ge=0, le=10, description="Retries of a web API call or page fetch "
+                                 "(connection failures, 429, 502, 503: components/common/retry.py).")
     web_timeout_s: float = Field(15.0, gt=0, description="Timeout of one web API or page fetch, seconds.")
     grounding_model: str | None = Field(
         None, description="Local GroundingDINO checkpoint folder for referring-expression crops, run in the "
@@ -183,9 +189,25 @@ class ToolsSettings(_Section):
     backend_concurrency: int = Field(
         16, ge=1, description="Calls in flight at once per backend (local index, web API, summariser)."
     )
-    upstream_timeout_s: float = Field(
-        60.0, gt=0, description="Deadline of one upstream call (web backend, summariser) incl. retries."
-    )
+    deadline_s: float = Field(
+        45.0, gt=0, description="Server deadline of one search request, everything included (search, page "
+        "fetches, grounding, summary, their retries); past it the answer is 504 upstream_timeout, which "
+        "clients never retry.")
+
+    @model_validator(mode="after")
+    def _client_outwaits_server(self) -> ToolsSettings:
+        if self.timeout_s is not None and self.timeout_s <= self.deadline_s:
+            raise ValueError(
+                f"{env_name('tools', 'timeout_s')}={self.timeout_s} must exceed "
+                f"{env_name('tools', 'deadline_s')}={self.deadline_s}: a client that gives up first "
+                "retries work the server is still doing")
+        return self
+
+    @property
+    def client_timeout_s(self) -> float:
+        """The timeout a client of this server uses: ``timeout_s``, or the deadline plus a margin for
+        the network and the queue in front of the server."""
+        return self.timeout_s if self.timeout_s is not None else self.deadline_s + CLIENT_MARGIN_S
 
 
 class TinyModelSettings(_Section):

@@ -87,7 +87,7 @@ def _seed_items(settings: Settings, seed_vqa: Path) -> list[VQAItem]:
 async def _check_tools(settings: Settings) -> None:
     url = settings.tools.url.rstrip("/") + "/readyz"
     try:
-        async with httpx.AsyncClient(timeout=min(10.0, settings.tools.timeout_s)) as client:
+        async with httpx.AsyncClient(timeout=min(10.0, settings.tools.client_timeout_s)) as client:
             resp = await client.get(url)
     except httpx.HTTPError as exc:
         raise DatagenError(f"tool-server at {settings.tools.url} does not answer ({type(exc).__name__}): "
@@ -193,7 +193,7 @@ async def arun_datagen(settings: Settings, seed_vqa: Path, teacher: str, n: int,
         await _check_tools(settings)
         from components.search.client import served_index_tags
 
-        tags = {"dmms.teacher": teacher, **served_index_tags(settings.tools.url, settings.tools.timeout_s)}
+        tags = {"dmms.teacher": teacher, **served_index_tags(settings.tools.url, settings.tools.client_timeout_s)}
         with tracked_run(settings, "datagen", tags=tags) as run:
             result = await _generate(settings, items, root, generator, teacher, n, out, run, seed_vqa, journal)
     except BaseException:

@@ -99,9 +99,7 @@ async def run_samples(benchmarks: list[Benchmark], modes: list[str], gen: Genera
 
 
 def _tool_client(settings: Settings, tools_url: str | None) -> ToolClient:
-    t = settings.tools
-    return ToolClient(tools_url or t.url, t.token.get_secret_value() if t.token else None,
-                      t.timeout_s, t.retries)
+    return ToolClient.from_settings(settings, url=tools_url)
 
 
 async def _collect(settings: Settings, spec: ModelSpec, benches: list[Benchmark], modes: list[str],
@@ -180,7 +178,7 @@ def evaluate(settings: Settings, spec: ModelSpec, benchmark_specs: list[str], mo
     if "agent" in modes or "rag" in modes:  # the search results are part of "the same benchmark version"
         from components.search.client import served_index_tags
 
-        tags.update(served_index_tags(tools_url or settings.tools.url, settings.tools.timeout_s))
+        tags.update(served_index_tags(tools_url or settings.tools.url, settings.tools.client_timeout_s))
     with tracked_run(settings, "evaluate", tags=tags) as run:
         t0 = time.perf_counter()
         samples = asyncio.run(_collect(settings, spec, benches, modes, tools_url, judge))

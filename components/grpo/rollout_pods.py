@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 
-from components.common import kube
+from components.common import kube, retry
 from components.common.trainjob import ROLE_LABEL
 from components.common.vllm_server import vllm_serve_command, vllm_serve_env
 
@@ -52,7 +52,6 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 ROLE = "rollout"  # the ROLE_LABEL the template sets; what the NetworkPolicies select
 RUN_LABEL = "deepmmsearch.io/run"  # the pipeline run that launched a server (its exit handler cleans up)
 SERVER_PORT = 8000
-RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
 class RolloutError(RuntimeError):
@@ -145,20 +144,26 @@ def build_objects(template: tuple[dict, dict], spec: RolloutSpec, *, name: str, 
 
 
 def _retrying(what: str, fn: Callable[[], Any], retries: int = 3, backoff_s: float = 1.0) -> Any:
-    """Call the API with bounded retries on throttling, 5xx and connection errors."""
-    for attempt in range(retries + 1):
+    """Call the API under the shared retry policy (components/common/retry.py): connection failures,
+    429 (after its Retry-After), 502 and 503 are retried; any other API error is raised as is, and a
+    broken connection or read timeout becomes :class:`RolloutError`."""
+
+    def once() -> Any:
         try:
             return fn()
         except k8s.ApiException as exc:
-            if exc.status not in RETRY_STATUSES or attempt == retries:
-                raise
-            log.warning("%s: HTTP %s, retry %d/%d", what, exc.status, attempt + 1, retries)
-        except Exception as exc:  # urllib3 connection/timeouts surface as several types
-            if attempt == retries or isinstance(exc, RolloutError):
-                raise RolloutError(f"{what}: the Kubernetes API is unreachable ({exc})") from exc
-            log.warning("%s: %s, retry %d/%d", what, exc, attempt + 1, retries)
-        time.sleep(backoff_s * 2**attempt)
-    raise AssertionError("unreachable")
+            if retry.retryable_status(exc.status or 0):
+                raise retry.Retryable(exc, retry_after=retry.retry_after_s(exc.headers)) from None
+            raise
+        except RolloutError:
+            raise
+        except Exception as exc:  # urllib3 connection errors and timeouts surface as several types
+            err = RolloutError(f"{what}: the Kubernetes API is unreachable ({exc})")
+            if retry.is_connect_error(exc):
+                raise retry.Retryable(err) from exc
+            raise err from exc
+
+    return retry.attempts_sync(once, name=f"kubernetes {what}", retries=retries, wait_initial=backoff_s)
 
 
 class RolloutServers:

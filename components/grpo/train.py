@@ -105,7 +105,7 @@ def run_grpo(settings: Settings, data_uri: str, model: str, out_uri: str, work_d
         from components.search.client import served_index_tags
 
         tags = {"dmms.data_uri": data_uri, "dmms.out_uri": out_uri,
-                **(served_index_tags(settings.tools.url, settings.tools.timeout_s) if is_main_process() else {})}
+                **(served_index_tags(settings.tools.url, settings.tools.client_timeout_s) if is_main_process() else {})}
         with tracked_run(settings, "grpo", tags=tags) as run:
             run.log_params({"grpo.data_uri": data_uri, "grpo.model": model, "grpo.out_uri": out_uri,
                             "grpo.resumed_from": resumed_from or ""})

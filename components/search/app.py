@@ -27,7 +27,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -281,4 +281,7 @@ def _install_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        """This app's metrics, then the process-wide ones (retries of the shared retry policy:
+        ``stamina_retries_total``; process and GC)."""
+        return Response(generate_latest(metrics.registry) + generate_latest(REGISTRY),
+                        media_type=CONTENT_TYPE_LATEST)

@@ -151,6 +151,10 @@ def open_cache(url: str, *, ttl_s: int, max_entries: int, prefix: str = "dmms:")
     return cache
 
 
+class _LeaderCancelled(Exception):
+    """The request computing a shared value was cancelled; its followers compute it themselves."""
+
+
 class CachedCompute:
     """Cache lookup + single-flight + store around an async computation.
 
@@ -182,13 +186,16 @@ class CachedCompute:
         pending = self._inflight.get(key)
         if pending is not None:
             self.metrics.shared.labels(layer).inc()
-            return await asyncio.shield(pending), False
+            try:
+                return await asyncio.shield(pending), False
+            except _LeaderCancelled:  # its request ran past its deadline or went away: ours has not
+                return await self.get_or_compute(layer, key, compute)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             value = await compute()
         except asyncio.CancelledError:
-            future.set_exception(RuntimeError("the shared computation was cancelled"))
+            future.set_exception(_LeaderCancelled())
             future.exception()  # mark retrieved: no "never retrieved" warning when nobody waits
             raise
         except Exception as exc:

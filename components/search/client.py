@@ -4,9 +4,10 @@
         resp = await tools.text_search("eiffel tower height", top_k=5)     # TextSearchResponse
         resp, err = await tools.safe_image_search(pil_image, region="top-left")  # never raises
 
-Timeouts on every call; bounded retries with exponential backoff only where a retry cannot double
-the server's work: connection failures, 429 (after its Retry-After), 502 and 503 — never a 504 (the
-server's own upstream deadline), a 500, a 4xx or a read timeout. Failures raise :class:`ToolError` with the
+Timeouts on every call (``tools.client_timeout_s``: longer than the server's deadline, so the
+server's 504 arrives before the client gives up); retries follow the project's one policy
+(components/common/retry.py): connection failures, 429 (after its Retry-After), 502 and 503 — never
+a 504 (the server's own deadline), a 500, a 4xx or a read timeout. Failures raise :class:`ToolError` with the
 server's message; ``safe_*`` return ``(None, message)`` instead, so a tool failure becomes text for
 the model and never kills a rollout. :func:`in_process_client` gives the same interface over the
 app in this process (``httpx.ASGITransport``), with no network.
@@ -14,11 +15,9 @@ app in this process (``httpx.ASGITransport``), with no network.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import logging
-import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
@@ -27,22 +26,11 @@ import httpx
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from components.common import retry
 from components.search.types import ImageSearchResponse, TextSearchResponse
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
-
-
-RETRYABLE = {429, 502, 503}  # overloaded or restarting; a 504 is our own deadline, never retried
-MAX_RETRY_AFTER_S = 30.0
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    """Seconds a 429/503 asks us to wait (Retry-After in seconds), capped; None without one."""
-    try:
-        return min(float(resp.headers["retry-after"]), MAX_RETRY_AFTER_S)
-    except (KeyError, ValueError):
-        return None
 
 
 class ToolError(RuntimeError):
@@ -73,9 +61,10 @@ class ToolClient:
                                        timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)))
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ToolClient:
+    def from_settings(cls, settings: Any, url: str | None = None) -> ToolClient:
+        """The client the settings describe (``url`` overrides ``tools.url``)."""
         t = settings.tools
-        return cls(t.url, t.token.get_secret_value() if t.token else None, t.timeout_s, t.retries)
+        return cls(url or t.url, t.token.get_secret_value() if t.token else None, t.client_timeout_s, t.retries)
 
     async def __aenter__(self) -> ToolClient:
         return self
@@ -87,35 +76,32 @@ class ToolClient:
         await self._http.aclose()
 
     async def _post(self, path: str, body: dict[str, Any], model: type[R]) -> R:
-        """One call, retried only when a retry can help and cannot double the server's work: the
-        connection failed before the request reached it, or it said 429 (after its Retry-After),
-        502 or 503. Never a 504 (the server already spent its upstream deadline on it; asking again
-        would spend it again), a 500, a 4xx, or a read timeout."""
-        for attempt in range(self.retries + 1):
-            wait: float | None = None
+        """One call under the shared retry policy (components/common/retry.py): retried only when
+        the request never reached the server, or it said 429 (after its Retry-After), 502 or 503.
+        Never a 504 (the server already spent its deadline on it; asking again would spend it
+        again), a 500, a 4xx, or a read timeout."""
+
+        async def once() -> R:
             try:
                 resp = await self._http.post(path, json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached the server
+            except httpx.TransportError as exc:
                 err = ToolError(f"tool-server {path}: {type(exc).__name__}: {exc or 'no answer'}")
-            except httpx.TransportError as exc:  # read timeout, reset mid-request: it may be working on it
-                raise ToolError(f"tool-server {path}: {type(exc).__name__}: {exc or 'no answer'}") from None
-            else:
-                if resp.status_code < 400:
-                    try:
-                        return model.model_validate(resp.json())
-                    except (ValueError, ValidationError) as exc:
-                        raise ToolError(f"tool-server {path}: unexpected answer: {exc}"[:500],
-                                        status=resp.status_code) from None
+                if retry.is_connect_error(exc):
+                    raise retry.Retryable(err) from exc
+                raise err from None  # read timeout, reset mid-request: it may be working on it
+            if resp.status_code >= 400:
                 err = _error_of(path, resp)
-                if resp.status_code not in RETRYABLE:
-                    raise err
-                wait = _retry_after(resp)
-            if attempt == self.retries:
+                if retry.retryable_status(resp.status_code):
+                    raise retry.Retryable(err, retry_after=retry.retry_after_s(resp.headers))
                 raise err
-            delay = wait if wait is not None else self.backoff_s * 2**attempt * (0.5 + random.random())
-            log.warning("%s; retry %d/%d in %.2fs", err, attempt + 1, self.retries, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+            try:
+                return model.model_validate(resp.json())
+            except (ValueError, ValidationError) as exc:
+                raise ToolError(f"tool-server {path}: unexpected answer: {exc}"[:500],
+                                status=resp.status_code) from None
+
+        return await retry.attempts(once, name=f"tool-server {path}", retries=self.retries,
+                                    wait_initial=self.backoff_s)
 
     async def text_search(self, query: str, top_k: int = 5) -> TextSearchResponse:
         return await self._post("/v1/text_search", {"query": query, "top_k": top_k}, TextSearchResponse)

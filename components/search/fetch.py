@@ -15,8 +15,9 @@ a server-side request forgery risk, so :func:`fetch_page` refuses:
 ``allow_private=True`` lets LOOPBACK addresses through and nothing else (10.x, 169.254.x stay
 refused): it exists only so tests can serve pages from 127.0.0.1. Never set it in a deployment.
 
-Main text comes from ``trafilatura``. Transient upstream failures (timeouts, 429, 5xx) are retried
-with backoff, then raised as :class:`FetchError`; refusals raise :class:`FetchRefused`.
+Main text comes from ``trafilatura``. Failures a retry can help with (connection failures, 429,
+502, 503) are retried under the project's one policy (components/common/retry.py), then raised as
+:class:`FetchError`, like read timeouts and other errors; refusals raise :class:`FetchRefused`.
 
     page = await fetch_page("https://example.org/article")   # Page(url, title, text)
 """
@@ -33,6 +34,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import trafilatura
 
+from components.common import retry
+
 log = logging.getLogger(__name__)
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -44,7 +47,7 @@ class FetchRefused(ValueError):
 
 
 class FetchError(RuntimeError):
-    """The page could not be fetched after retries (timeout, 5xx, connection error)."""
+    """The page could not be fetched (timeout, HTTP error, connection error; retried per the policy)."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,9 @@ async def _fetch_once(client: httpx.AsyncClient, url: str, *, max_bytes: int, ma
                     raise FetchError(f"{url!r}: redirect without a Location header")
                 url = urljoin(url, location)
                 continue
-            if resp.status_code == 429 or resp.status_code >= 500:
-                raise _Transient(f"{url!r}: HTTP {resp.status_code}")
+            if retry.retryable_status(resp.status_code):
+                raise retry.Retryable(FetchError(f"{url!r}: HTTP {resp.status_code}"),
+                                      retry_after=retry.retry_after_s(resp.headers))
             if resp.status_code >= 400:
                 raise FetchError(f"{url!r}: HTTP {resp.status_code}")
             ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -139,34 +143,31 @@ async def _fetch_once(client: httpx.AsyncClient, url: str, *, max_bytes: int, ma
     raise FetchRefused(f"refused: more than {max_redirects} redirects")
 
 
-class _Transient(Exception):
-    pass
-
-
 async def fetch_page(url: str, *, max_bytes: int = 2_000_000, timeout_s: float = 15.0,
                      max_redirects: int = 5, max_retries: int = 2, backoff_s: float = 0.5,
                      allow_private: bool = False, client: httpx.AsyncClient | None = None) -> Page:
     """Fetch ``url`` under the SSRF guard and return its main text (see the module docstring)."""
     own = client is None
     client = client or httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False)
-    cause = ""
+    tries = max_retries + 1
+
+    async def once() -> tuple[str, bytes, str | None]:
+        try:
+            return await _fetch_once(client, url, max_bytes=max_bytes, max_redirects=max_redirects,
+                                     allow_private=allow_private)
+        except retry.Retryable as exc:
+            raise retry.Retryable(FetchError(f"{exc.error} (after {tries} attempts)"), exc.retry_after) from None
+        except httpx.TransportError as exc:
+            if retry.is_connect_error(exc):
+                raise retry.Retryable(FetchError(
+                    f"{url!r}: connection failed ({type(exc).__name__}) (after {tries} attempts)")) from exc
+            why = f"timed out after {timeout_s}s" if isinstance(exc, httpx.TimeoutException) else \
+                f"connection broke ({type(exc).__name__})"
+            raise FetchError(f"{url!r}: {why} (not retried)") from None
+
     try:
-        for attempt in range(max_retries + 1):
-            if attempt:
-                await asyncio.sleep(min(backoff_s * 2 ** (attempt - 1), 8.0))
-            try:
-                final, body, charset = await _fetch_once(client, url, max_bytes=max_bytes,
-                                                         max_redirects=max_redirects,
-                                                         allow_private=allow_private)
-                break
-            except _Transient as exc:
-                cause = str(exc)
-            except httpx.TimeoutException:
-                cause = f"{url!r}: timed out after {timeout_s}s"
-            except httpx.TransportError as exc:
-                cause = f"{url!r}: connection failed ({type(exc).__name__})"
-        else:
-            raise FetchError(f"{cause} (after {max_retries + 1} attempts)")
+        final, body, charset = await retry.attempts(once, name="page fetch", retries=max_retries,
+                                                    wait_initial=backoff_s)
     finally:
         if own:
             await client.aclose()

@@ -6,9 +6,12 @@ in-process client, tests and benchmarks drive exactly what the server runs.
 - LOCAL backends (tantivy text index, reverse-image index) run in a thread pool so the event loop
   stays responsive; ``DMMS_TOOLS__SIMULATED_LATENCY_MS`` is added to them to model web latency in
   benchmarks (0 by default).
-- WEB backends and the summariser are upstream calls: a per-backend semaphore, an overall deadline
-  (``DMMS_TOOLS__UPSTREAM_TIMEOUT_S`` → 504), bounded retries with backoff (web backends; the chat
-  client retries on its own) and failures → 502, counted in ``/metrics``.
+- WEB backends and the summariser are upstream calls: a per-backend semaphore, failures → 502,
+  counted in ``/metrics``; they retry per the project's one policy (components/common/retry.py).
+- ONE DEADLINE per request (``DMMS_TOOLS__DEADLINE_S``), everything included — search, page
+  fetches, grounding, summary and their retries — past it a 504 ``upstream_timeout`` naming what it
+  was still waiting for. Clients wait longer (``tools.client_timeout_s``) and never retry a 504, so
+  a slow request is worked on once.
 - Cache layers (MMSearch-R1): ``text`` query → results, ``image`` image hash + region → results,
   ``summary`` (pages, query) → summary; concurrent identical requests are computed once.
 """
@@ -19,8 +22,8 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from PIL import Image
@@ -40,7 +43,7 @@ from components.search.types import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-RETRY_BACKOFF_S = 0.25
+_cut_short: ContextVar[list[str]] = ContextVar("cut_short")  # upstreams a request's deadline cancelled
 
 
 class SearchService:
@@ -78,35 +81,39 @@ class SearchService:
                 await asyncio.sleep(self.settings.tools.simulated_latency_ms / 1000)
             return await asyncio.to_thread(fn, *args)
 
-    async def _upstream(self, backend: str, call: Callable[[], Awaitable[T]], retries: int) -> T:
-        """An upstream call under the backend's semaphore and the overall deadline, retried with backoff."""
+    async def _upstream(self, backend: str, call: Callable[[], Awaitable[T]]) -> T:
+        """An upstream call under the backend's semaphore; failures → 502 (the backends retry per the
+        shared policy on their own), and the request's deadline (:meth:`_deadline`) → 504."""
         async with self._sems[backend]:
-            try:
-                return await asyncio.wait_for(self._retrying(backend, call, retries),
-                                              self.settings.tools.upstream_timeout_s)
-            except TimeoutError:
-                self.metrics.backend_errors.labels(backend, "timeout").inc()
-                raise UpstreamTimeout(f"{backend} did not answer within "
-                                      f"{self.settings.tools.upstream_timeout_s}s") from None
-
-    async def _retrying(self, backend: str, call: Callable[[], Awaitable[T]], retries: int) -> T:
-        for attempt in range(retries + 1):
             self.metrics.backend_calls.labels(backend).inc()
             try:
                 return await call()
+            except asyncio.CancelledError:  # the request's deadline (or the client went away)
+                self.metrics.backend_errors.labels(backend, "timeout").inc()
+                _cut_short.get([]).append(backend)
+                raise
+            except (BadRequest, ToolServerError):
+                self.metrics.backend_errors.labels(backend, "error").inc()
+                raise
             except Exception as exc:
-                kind = "timeout" if isinstance(exc, UpstreamTimeout | TimeoutError) else "error"
-                self.metrics.backend_errors.labels(backend, kind).inc()
-                if isinstance(exc, BadRequest):
-                    raise
-                if attempt == retries:
-                    if isinstance(exc, ToolServerError):
-                        raise
-                    raise UpstreamError(f"{backend} failed: {type(exc).__name__}: {exc}") from None
-                delay = RETRY_BACKOFF_S * 2**attempt * (0.5 + random.random())
-                log.warning("%s failed (%s); retry %d/%d in %.2fs", backend, exc, attempt + 1, retries, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+                self.metrics.backend_errors.labels(backend, "error").inc()
+                raise UpstreamError(f"{backend} failed: {type(exc).__name__}: {exc}") from None
+
+    async def _deadline(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()`` within ``tools.deadline_s``, everything included; past it a 504 naming what it
+        was waiting for. Clients wait longer than this (``tools.client_timeout_s``) and never retry it."""
+        deadline_s = self.settings.tools.deadline_s
+        cut: list[str] = []
+        token = _cut_short.set(cut)
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await work()
+        except TimeoutError:
+            what = ", ".join(sorted(set(cut))) or "the local index"
+            raise UpstreamTimeout(f"the request did not finish within its {deadline_s:g}s deadline "
+                                  f"(DMMS_TOOLS__DEADLINE_S; still waiting for {what})") from None
+        finally:
+            _cut_short.reset(token)
 
     # ---- text ----------------------------------------------------------------------------------
     def _version(self, index: LoadedIndex | None) -> str:
@@ -118,10 +125,14 @@ class SearchService:
             if index is None:
                 raise ToolServerError("no index loaded", code="not_ready", status=503)
             return await self._local(self.text_name, index.text.search, query, top_k)
-        # web backends retry with backoff on their own (tools.web_max_retries)
-        return await self._upstream(self.text_name, lambda: self.text_backend.search(query, top_k), 0)
+        # web backends retry per the shared policy on their own (tools.web_max_retries)
+        return await self._upstream(self.text_name, lambda: self.text_backend.search(query, top_k))
 
     async def text_search(self, query: str, top_k: int) -> TextSearchResponse:
+        """Hits, page texts and their summary for ``query``, within the request deadline."""
+        return await self._deadline(lambda: self._text_search(query, top_k))
+
+    async def _text_search(self, query: str, top_k: int) -> TextSearchResponse:
         query = " ".join(query.split())
         if not query:
             raise BadRequest("query is blank: send the words to search for", code="bad_query")
@@ -164,7 +175,7 @@ class SearchService:
 
         try:
             text, _ = await self.cc.get_or_compute(
-                "page", cache_key("page", hit.url), lambda: self._upstream("page_fetch", fetch, retries=0))
+                "page", cache_key("page", hit.url), lambda: self._upstream("page_fetch", fetch))
         except ToolServerError as exc:  # a page we cannot read still has its snippet
             log.info("page %s not used: %s", hit.url, exc.message)
             return hit.snippet
@@ -177,11 +188,16 @@ class SearchService:
         if self.summariser.name == "extractive":
             return await self.cc.get_or_compute("summary", key, make)
         return await self.cc.get_or_compute(
-            "summary", key, lambda: self._upstream("summariser", make, retries=0))
+            "summary", key, lambda: self._upstream("summariser", make))
 
     # ---- image ---------------------------------------------------------------------------------
     async def image_search(self, image_b64: str, region: str | list[float] | None,
                            top_k: int) -> ImageSearchResponse:
+        """Visually similar images (of ``region`` when given) and their summary, within the deadline."""
+        return await self._deadline(lambda: self._image_search(image_b64, region, top_k))
+
+    async def _image_search(self, image_b64: str, region: str | list[float] | None,
+                            top_k: int) -> ImageSearchResponse:
         tools = self.settings.tools
         data = decode_b64(image_b64, tools.max_image_bytes)
         index = self.index  # one version for the whole request
@@ -232,7 +248,7 @@ class SearchService:
     async def _image_hits(self, image: Image.Image, top_k: int, index: LoadedIndex | None) -> list[ImageHit]:
         if self.image_backend is not None:
             png = await asyncio.to_thread(to_png, image)
-            return await self._upstream(self.image_name, lambda: self.image_backend.search_image(png, top_k), 0)
+            return await self._upstream(self.image_name, lambda: self.image_backend.search_image(png, top_k))
         if index is None or index.image is None:
             raise BadRequest("this index has no images: image search needs a corpus with images.jsonl",
                              code="no_image_index", status=409)

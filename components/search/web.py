@@ -3,9 +3,11 @@
 Why: on a real deployment the agent searches the live web (docs/design.md §1); these backends map each
 vendor's JSON onto our :class:`TextHit` / :class:`ImageHit` so the server does not care which is
 configured (``tools.text_backend``, ``tools.image_backend``). Every call has a timeout
-(``tools.web_timeout_s``) and bounded retries with exponential backoff on 429/5xx and transport
-errors (``tools.web_max_retries``); keys are ``SecretStr`` and are redacted from httpx's request
-log. Exhausted retries raise :class:`WebSearchError` with the backend and the cause.
+(``tools.web_timeout_s``) and at most ``tools.web_max_retries`` retries under the project's one
+policy (components/common/retry.py: connection failures, 429 after its Retry-After, 502, 503; never a
+read timeout, a 500 or a 504, which may already have been billed); keys are ``SecretStr`` and are
+redacted from httpx's request log. Failures raise :class:`WebSearchError` with the backend and the
+cause.
 
 Request/response mapping (fields we send and read; everything else is ignored):
 
@@ -36,7 +38,6 @@ backend against a local HTTP server on loopback that speaks the same JSON (``too
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -45,6 +46,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import SecretStr
 
+from components.common import retry
 from components.search.types import ImageHit, TextHit
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,6 @@ log = logging.getLogger(__name__)
 BRAVE_URL = "https://api.search.brave.com/res/v1/web/search"
 SERPER_URL = "https://google.serper.dev/search"
 SERPAPI_URL = "https://serpapi.com/search.json"
-BACKOFF_CAP_S = 8.0
 _KEY_IN_URL = re.compile(r"(api_key=)[^&\s\"]+")
 
 
@@ -74,7 +75,7 @@ logging.getLogger("httpx").addFilter(_RedactKeys())
 
 
 class _Backend:
-    """Shared HTTP plumbing: one pooled client, timeouts, bounded retries with backoff."""
+    """Shared HTTP plumbing: one pooled client, timeouts, retries under the shared policy."""
 
     name = "web"
 
@@ -94,37 +95,37 @@ class _Backend:
             await self._client.aclose()
 
     async def _call(self, method: str, url: str, **kw: Any) -> Any:
-        """The JSON body of a 2xx answer; retry 429/5xx/transport errors, then raise WebSearchError."""
-        cause, retry_after = "", None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self._delay(attempt, retry_after))
+        """The JSON body of a 2xx answer, under the shared retry policy (components/common/retry.py:
+        connection failures, 429 after its Retry-After, 502, 503); then :class:`WebSearchError`."""
+        tries = self.max_retries + 1
+
+        async def once() -> Any:
             try:
                 resp = await self.client.request(method, url, timeout=self.timeout_s, **kw)
-            except httpx.TimeoutException:
-                cause = f"timed out after {self.timeout_s}s"
-                continue
+            except httpx.TimeoutException as exc:
+                if retry.is_connect_error(exc):
+                    raise retry.Retryable(WebSearchError(
+                        f"{self.name}: could not connect within {self.timeout_s}s after {tries} attempts")) from exc
+                raise WebSearchError(f"{self.name}: timed out after {self.timeout_s}s (not retried: the "
+                                     "API may still be answering it, and a retry may be billed)") from None
             except httpx.TransportError as exc:
-                cause = f"connection failed ({type(exc).__name__})"
-                continue
-            if resp.status_code == 429 or resp.status_code >= 500:
-                cause = f"HTTP {resp.status_code}"
-                retry_after = resp.headers.get("retry-after") if resp.status_code == 429 else None
-                continue
+                err = WebSearchError(f"{self.name}: connection failed ({type(exc).__name__})")
+                if retry.is_connect_error(exc):
+                    raise retry.Retryable(WebSearchError(f"{err} after {tries} attempts")) from exc
+                raise err from None
+            if retry.retryable_status(resp.status_code):
+                raise retry.Retryable(WebSearchError(f"{self.name}: HTTP {resp.status_code} after {tries} attempts"),
+                                      retry_after=retry.retry_after_s(resp.headers))
             if resp.status_code >= 400:
-                raise WebSearchError(f"{self.name}: HTTP {resp.status_code} (check the API key and "
-                                     f"settings): {resp.text[:200]}")
+                hint = " (check the API key and settings)" if resp.status_code < 500 else ""
+                raise WebSearchError(f"{self.name}: HTTP {resp.status_code}{hint}: {resp.text[:200]}")
             try:
                 return resp.json()
             except ValueError:
                 raise WebSearchError(f"{self.name}: answer is not JSON: {resp.text[:200]!r}") from None
-        raise WebSearchError(f"{self.name}: {cause} after {self.max_retries + 1} attempts")
 
-    def _delay(self, attempt: int, retry_after: str | None = None) -> float:
-        delay = self.backoff_s * 2 ** (attempt - 1)
-        if retry_after and retry_after.isdigit():
-            delay = max(delay, float(retry_after))
-        return min(delay, BACKOFF_CAP_S)
+        return await retry.attempts(once, name=f"web {self.name}", retries=self.max_retries,
+                                    wait_initial=self.backoff_s)
 
 
 def _score(item: dict[str, Any], rank: int) -> float:
@@ -200,22 +201,26 @@ class HttpPutPublisher(_Backend):
 
     async def publish(self, image_bytes: bytes) -> str:
         url = f"{self.base_url}/{hashlib.sha256(image_bytes).hexdigest()}.jpg"
-        cause = "not attempted"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self._delay(attempt))
+
+        def failed(cause: str) -> WebSearchError:
+            return WebSearchError(f"image-publish: PUT {url} failed ({cause}); check tools.image_publish_url")
+
+        async def once() -> str:
             try:
                 resp = await self.client.put(url, content=image_bytes, timeout=self.timeout_s,
                                              headers={"Content-Type": "image/jpeg"})
             except httpx.TransportError as exc:
-                cause = type(exc).__name__
-                continue
+                if retry.is_connect_error(exc):
+                    raise retry.Retryable(failed(type(exc).__name__)) from exc
+                raise failed(type(exc).__name__) from None
             if resp.status_code < 300:
                 return url
-            cause = f"HTTP {resp.status_code}"
-            if resp.status_code < 500 and resp.status_code != 429:
-                break
-        raise WebSearchError(f"image-publish: PUT {url} failed ({cause}); check tools.image_publish_url")
+            if retry.retryable_status(resp.status_code):
+                raise retry.Retryable(failed(f"HTTP {resp.status_code}"), retry.retry_after_s(resp.headers))
+            raise failed(f"HTTP {resp.status_code}")
+
+        return await retry.attempts(once, name="web image-publish", retries=self.max_retries,
+                                    wait_initial=self.backoff_s)
 
 
 class SerpApiLensBackend(_Backend):

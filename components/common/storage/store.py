@@ -19,6 +19,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.helpers import check_bucket_name
 
+from components.common.retry import RETRY_STATUS
 from components.common.settings import Settings, SettingsError, StorageSettings, env_name
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,11 @@ def _make_client(s: StorageSettings) -> Minio:
         raise SettingsError(f"s3:// URIs need {', '.join(missing)} (e.g. DMMS_STORAGE__ENDPOINT=minio:9000)")
     scheme, _, host = str(s.endpoint).rpartition("://")
     secure = s.secure if s.secure is not None else scheme == "https"
-    retry = urllib3.Retry(total=s.retries, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+    # The minio SDK retries inside its urllib3 pool; the pool follows the project's one policy
+    # (components/common/retry.py): connection failures, 429 (Retry-After), 502 and 503 (S3's
+    # SlowDown); never a read timeout, a 500 or a 504.
+    retry = urllib3.Retry(total=s.retries, connect=s.retries, read=0, status=s.retries, backoff_factor=0.5,
+                          status_forcelist=sorted(RETRY_STATUS), respect_retry_after_header=True,
                           raise_on_status=False)
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=min(10.0, s.timeout_s), read=s.timeout_s),
                                retries=retry, maxsize=10)

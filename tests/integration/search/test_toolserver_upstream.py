@@ -75,7 +75,7 @@ def web_toolserver(toolserver_corpus, tmp_path_factory):
     with SearxngStandIn() as web:
         settings = tool_settings(tmp_path_factory.mktemp("web"), text_backend="searxng",
                                  searxng_url=f"http://127.0.0.1:{web.port}", web_max_retries=1,
-                                 web_timeout_s=10.0, upstream_timeout_s=1.5)
+                                 web_timeout_s=10.0, deadline_s=1.5)
         with start_toolserver(settings, toolserver_corpus[1]) as (url, _app):
             yield web, _ts(url, toolserver_corpus)
 
@@ -106,7 +106,7 @@ def test_web_backend_results_and_failures(web_toolserver):
 @pytest.fixture(scope="module")
 def llm_toolserver(toolserver_corpus, tmp_path_factory, _openai_server_session):
     settings = tool_settings(
-        tmp_path_factory.mktemp("llm"), upstream_timeout_s=1.5,
+        tmp_path_factory.mktemp("llm"), deadline_s=1.5,
         summariser={"base_url": _openai_server_session.base_url, "model": "summ", "max_retries": 1,
                     "timeout_s": 10.0})
     with start_toolserver(settings, toolserver_corpus[1]) as (url, _app):
@@ -122,7 +122,7 @@ def test_llm_summariser_answers_fails_and_recovers(llm_toolserver, openai_server
     prompt = openai_server.requests[-1]["body"]["messages"][0]["content"]
     assert f"{e.name} city" in prompt and e.city in prompt and "10 to 12 sentences" in prompt
 
-    openai_server.replies.extend([Reply(status=500), Reply(status=500)])
+    openai_server.replies.extend([Reply(status=503), Reply(status=503)])  # retried once (max_retries=1)
     bad = _search(ts.url, f"{e.name} year")
     assert bad.status_code == 502 and bad.json()["error"]["code"] == "summariser_error"
 
@@ -221,7 +221,7 @@ def test_cli_builds_and_serves(toolserver_corpus, tmp_path):
 
 
 def test_a_hanging_upstream_gets_our_504_and_the_client_does_not_retry_it(web_toolserver):
-    """The tool-server answers 504 when its upstream deadline passes (upstream_timeout_s=1.5 here,
+    """The tool-server answers 504 when its upstream deadline passes (deadline_s=1.5 here,
     below the client's 10 s timeout); the client then stops: asking again would spend the same
     deadline again. One client call = one request at the server."""
     from components.search.client import ToolClient, ToolError
@@ -238,4 +238,5 @@ def test_a_hanging_upstream_gets_our_504_and_the_client_does_not_retry_it(web_to
         asyncio.run(call())
     web.mode = "ok"
     assert exc.value.status == 504 and exc.value.code == "upstream_timeout"
+    assert "1.5s deadline" in str(exc.value) and "text_searxng" in str(exc.value)  # says what it waited for
     assert ts.metric("dmms_requests_total", route="/v1/text_search", status="504") == before + 1

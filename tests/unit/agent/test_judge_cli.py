@@ -42,8 +42,7 @@ def test_llm_judge_through_the_endpoint(tmp_path, openai_server, monkeypatch):
     monkeypatch.setenv("DMMS_JUDGE__MODEL", "judge")
     monkeypatch.setenv("DMMS_JUDGE__MAX_RETRIES", "0")
     monkeypatch.setenv("DMMS_JUDGE__CONCURRENCY", "1")
-    openai_server.replies.extend([Reply(text="CORRECT"), Reply(text="INCORRECT"), Reply(status=500),
-                                  Reply(status=500)])
+    openai_server.replies.extend([Reply(text="CORRECT"), Reply(text="INCORRECT"), Reply(status=500)])
     _write(tmp_path / "in.jsonl", ROWS)
     out = CliRunner().invoke(app, ["judge", "--in", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out.jsonl"),
                                    "--judge", "llm"])
@@ -51,7 +50,7 @@ def test_llm_judge_through_the_endpoint(tmp_path, openai_server, monkeypatch):
     got = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["correct"] for r in got] == [True, False, False, False]
     assert got[2]["error"] is True and "judge error" in got[2]["detail"]
-    assert got[0]["judge"] == "llm:judge" and len(openai_server.requests) == 4  # the empty answer is not sent
+    assert got[0]["judge"] == "llm:judge" and len(openai_server.requests) == 3  # a 500 is not asked again; the empty answer is not sent
 
 
 def test_malformed_row_is_refused_with_its_line_and_nothing_written(tmp_path):

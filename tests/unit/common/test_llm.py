@@ -37,11 +37,29 @@ async def test_retries_transient_errors_then_succeeds(openai_server):
 
 
 async def test_gives_up_after_bounded_retries(openai_server):
-    openai_server.replies.extend([Reply(status=500)] * 5)
+    openai_server.replies.extend([Reply(status=502)] * 5)
     async with ChatClient(_endpoint(openai_server.base_url, max_retries=2), backoff_s=0.01) as client:
         with pytest.raises(LLMError, match="gave up after 3 attempts"):
             await client.complete([{"role": "user", "content": "x"}])
     assert len(openai_server.requests) == 3
+
+
+@pytest.mark.parametrize("status", [500, 504])
+async def test_500_and_504_are_not_retried(openai_server, status):
+    """A 500 is a bug and a 504 a deadline already spent: asking again doubles the work."""
+    openai_server.replies.extend([Reply(status=status)] * 3)
+    async with ChatClient(_endpoint(openai_server.base_url, max_retries=3), backoff_s=0.01) as client:
+        with pytest.raises(LLMError, match=f"HTTP {status}"):
+            await client.complete([{"role": "user", "content": "x"}])
+    assert len(openai_server.requests) == 1
+
+
+async def test_read_timeout_is_not_retried(openai_server):
+    openai_server.replies.extend([Reply(text="late", delay_s=2.0)] * 2)
+    async with ChatClient(_endpoint(openai_server.base_url, timeout_s=0.3, max_retries=2), backoff_s=0.01) as client:
+        with pytest.raises(LLMError, match="Timeout"):
+            await client.complete([{"role": "user", "content": "x"}])
+    assert len(openai_server.requests) == 1
 
 
 async def test_client_errors_are_not_retried(openai_server):

@@ -40,6 +40,18 @@ def test_out_of_range_names_the_variable(monkeypatch):
         load_settings()
 
 
+def test_the_client_timeout_outwaits_the_server_deadline(monkeypatch):
+    """One place states the deadline (tools.deadline_s); the client's timeout follows it, and a client
+    that would give up first is refused with both variables named."""
+    s = load_settings(tools={"deadline_s": 20})
+    assert s.tools.client_timeout_s == 20 + 15.0
+    assert load_settings(tools={"deadline_s": 20, "timeout_s": 25}).tools.client_timeout_s == 25
+    monkeypatch.setenv("DMMS_TOOLS__TIMEOUT_S", "30")
+    with pytest.raises(SettingsError) as info:
+        load_settings(tools={"deadline_s": 45})
+    assert "DMMS_TOOLS__TIMEOUT_S=30.0 must exceed DMMS_TOOLS__DEADLINE_S=45.0" in str(info.value)
+
+
 def test_unknown_key_is_refused_not_ignored():
     with pytest.raises(SettingsError, match="DMMS_TOOLS__PROT"):
         load_settings(tools={"prot": 1})
