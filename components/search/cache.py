@@ -45,28 +45,53 @@ def cache_key(layer: str, *parts: Any) -> str:
 
 
 class SQLiteCache:
-    """A cache in one SQLite file; expired rows are ignored, the oldest evicted past ``max_entries``."""
+    """A cache in one SQLite file; expired rows are ignored, the oldest evicted past ``max_entries``.
+
+    Each thread has its own connection (WAL: readers never wait for a writer, and no Python lock
+    serialises the request threads); ``synchronous=NORMAL`` commits without an fsync per write —
+    WAL stays consistent on a crash, at worst the last few entries are lost, which a cache may."""
 
     _EVICT_EVERY = 256
 
     def __init__(self, path: str | Path, *, ttl_s: int, max_entries: int):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ttl_s, self.max_entries = ttl_s, max_entries
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute(
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection | _Locked] = []
+        self._conns_lock = threading.Lock()  # only guards the list of connections
+        self._closed = False
+        self._memory: _Locked | None = None
+        if str(path) == ":memory:":
+            self._memory = _Locked(sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None))
+            self._conns.append(self._memory)
+        db = self._db()
+        db.execute(
             "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
             "created REAL NOT NULL, expires REAL)"
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS cache_created ON cache(created)")
+        db.execute("CREATE INDEX IF NOT EXISTS cache_created ON cache(created)")
         self._writes = 0
 
+    def _db(self) -> sqlite3.Connection | _Locked:
+        if self._memory:  # ":memory:" is private to its connection: one connection, under a lock
+            return self._memory
+        db = getattr(self._local, "db", None)
+        if db is None:
+            if self._closed:
+                raise RuntimeError(f"cache {self.path} is closed")
+            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=5.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            self._local.db = db
+            with self._conns_lock:
+                self._conns.append(db)
+        return db
+
     def _get(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value, expires FROM cache WHERE key = ?", (key,)).fetchone()
+        row = self._db().execute("SELECT value, expires FROM cache WHERE key = ?", (key,)).fetchone()
         if row is None or (row[1] is not None and row[1] < time.time()):
             return None
         return row[0]
@@ -74,27 +99,26 @@ class SQLiteCache:
     def _set(self, key: str, value: str) -> None:
         now = time.time()
         expires = now + self.ttl_s if self.ttl_s else None
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO cache (key, value, created, expires) VALUES (?, ?, ?, ?)",
-                (key, value, now, expires),
-            )
-            self._writes += 1
-            if self._writes % self._EVICT_EVERY == 0 or self.max_entries < self._EVICT_EVERY:
-                self._evict(now)
+        db = self._db()
+        db.execute(
+            "INSERT OR REPLACE INTO cache (key, value, created, expires) VALUES (?, ?, ?, ?)",
+            (key, value, now, expires),
+        )
+        self._writes += 1  # approximate under threads: it only paces eviction
+        if self._writes % self._EVICT_EVERY == 0 or self.max_entries < self._EVICT_EVERY:
+            self._evict(db, now)
 
-    def _evict(self, now: float) -> None:
-        self._db.execute("DELETE FROM cache WHERE expires IS NOT NULL AND expires < ?", (now,))
-        (count,) = self._db.execute("SELECT COUNT(*) FROM cache").fetchone()
+    def _evict(self, db: sqlite3.Connection | _Locked, now: float) -> None:
+        db.execute("DELETE FROM cache WHERE expires IS NOT NULL AND expires < ?", (now,))
+        (count,) = db.execute("SELECT COUNT(*) FROM cache").fetchone()
         if count > self.max_entries:
-            self._db.execute(
+            db.execute(
                 "DELETE FROM cache WHERE key IN (SELECT key FROM cache ORDER BY created LIMIT ?)",
                 (count - self.max_entries,),
             )
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM cache").fetchone()[0]
+        return self._db().execute("SELECT COUNT(*) FROM cache").fetchone()[0]
 
     async def get(self, key: str) -> str | None:
         return await asyncio.to_thread(self._get, key)
@@ -103,8 +127,34 @@ class SQLiteCache:
         await asyncio.to_thread(self._set, key, value)
 
     async def aclose(self) -> None:
+        with self._conns_lock:
+            self._closed = True
+            for db in self._conns:
+                db.close()
+            self._conns.clear()
+
+
+class _Locked:
+    """A connection whose statements run one at a time (for the single ``:memory:`` connection)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db, self._lock = db, threading.Lock()
+
+    def execute(self, sql: str, params: tuple = ()) -> _Rows:
+        with self._lock:
+            return _Rows(self._db.execute(sql, params).fetchall())
+
+    def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class _Rows:
+    def __init__(self, rows: list[tuple]):
+        self._rows = rows
+
+    def fetchone(self) -> tuple | None:
+        return self._rows[0] if self._rows else None
 
 
 class RedisCache:

@@ -147,7 +147,8 @@ def verify_thumb(img: Image.Image, box: Box) -> np.ndarray:
     """Mean-removed, unit-norm ``VERIFY x VERIFY`` grey thumbnail of ``box`` of a work image."""
     w, h = img.size
     px = (box[0] * w, box[1] * h, box[2] * w, box[3] * h)
-    g = np.asarray(img.convert("L").resize((VERIFY, VERIFY), Image.Resampling.BOX, box=px), np.float32)
+    grey = img if img.mode == "L" else img.convert("L")  # no copy per box of an image already grey
+    g = np.asarray(grey.resize((VERIFY, VERIFY), Image.Resampling.BOX, box=px), np.float32)
     g = g.ravel() - g.mean()
     return g / max(float(np.linalg.norm(g)), 1e-6)
 

@@ -168,7 +168,8 @@ class ImageIndex:
     def _verify(self, work: Image.Image, qboxes: list[F.Box], cand: np.ndarray, flat: np.ndarray,
                 best_q: np.ndarray, per_image: np.ndarray) -> np.ndarray:
         """Blend each candidate's coarse score with the NCC of its best window's sharper thumbnail."""
-        qthumbs = [F.verify_thumb(work, b) for b in qboxes]
+        grey_query = work.convert("L")
+        qthumbs = [F.verify_thumb(grey_query, b) for b in qboxes]
         ends = np.append(self.starts[1:], len(flat))
         out = np.empty(len(cand), np.float32)
         for i, c in enumerate(cand):
