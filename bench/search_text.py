@@ -1,23 +1,26 @@
-"""Text search benchmark: tantivy BM25 (our local backend) vs rank_bm25 (what research code uses).
+"""Text search benchmark: the tool-server's serving path against the same work done in process.
 
-    python -m bench.search_text [--docs 100000] [--seconds 4]
+    python -m bench.search_text [--docs 100000] [--seconds 4] [--workers 1 2]
 
 Generates ``--docs`` synthetic documents (80 tokens from a Zipf vocabulary of 50k words), builds the
-tantivy index, and measures queries/s and p50/p99 latency of 5-term queries, top-10:
-- raw engine in-process (``TextIndex.search_ids``; and ``TextIndex.search`` with snippets), at
-  concurrency 1 and 32 (threads: tantivy releases the GIL);
-- over HTTP end to end (the real app under uvicorn on loopback, httpx client, unique queries so no
-  cache hits) at concurrency 1 and 32, and cache-hit latency (the same query repeated);
-- rank_bm25's BM25Okapi in the same run. It scores every document per query in Python, so it runs
-  on a subset (``--bm25-docs``, default 20k) and its rate is scaled to the full corpus by the doc
-  ratio (its cost is linear in the corpus size) — stated in the report's details.
-Headline: raw in-process QPS (concurrency 1) vs rank_bm25 QPS, both at ``--docs`` documents.
+index with the real ``build_index``, and measures queries/s and p50/p99 latency of 5-term queries,
+top-10, unique queries (no cache hits):
+- in process, the work a request does: ``SearchService.text_search`` (tantivy search + snippets +
+  page texts + extractive summary + the two cache writes), 1 and 32 concurrent (asyncio tasks);
+- over HTTP end to end: ``dmms tools serve`` in its own process(es) (``--workers`` uvicorn workers,
+  each run) on loopback, an httpx client at 1 and 32 concurrent, and cache-hit latency;
+- the raw engine (``TextIndex.search_ids``, and ``search`` with snippets) in threads, and
+  rank_bm25's BM25Okapi (what research code uses) on a subset (``--bm25-docs``) scaled to the full
+  corpus by the doc ratio (its cost is linear in the corpus size), for reference.
+Headline: HTTP queries/s at 32 concurrent (best worker count) ÷ the in-process path at 32 concurrent.
+Client and server share the machine's cores (stated in the report).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import statistics
 import tempfile
@@ -128,73 +131,140 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--bm25-docs", type=int, default=20_000)
     ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to run")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from components.common.settings import Settings
-    from components.search.app import create_app
-    from components.search.index import LoadedIndex
-    from components.search.text_index import TextIndex
+    from components.search.index import build_index, load_index
 
     words, docs = make_corpus(args.docs)
-    queries = make_queries(words, 20_000)
-    t = time.perf_counter()
-    index = TextIndex.from_docs(docs)
-    build_s = time.perf_counter() - t
-    log.info("tantivy index of %d docs built in %.1fs", args.docs, build_s)
+    queries = make_queries(words, 60_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp, "corpus")
+        corpus.mkdir()
+        with (corpus / "docs.jsonl").open("w") as fh:
+            fh.writelines(json.dumps(d) + "\n" for d in docs)
+        t = time.perf_counter()
+        settings = Settings(profile="tiny", tools={"token": "bench", "cache_url": f"sqlite:///{Path(tmp, 'c.db')}"})
+        build_index(str(corpus), str(Path(tmp, "index")), settings)
+        build_s = time.perf_counter() - t
+        log.info("index of %d docs built in %.1fs", args.docs, build_s)
+        loaded = load_index(str(Path(tmp, "index")), settings)
+        index = loaded.text
 
-    raw = {f"c{c}": run_threads(lambda q: index.search_ids(q, 10), queries, c, args.seconds) for c in (1, 32)}
-    full = {f"c{c}": run_threads(lambda q: index.search(q, 10), queries, c, args.seconds) for c in (1, 32)}
-    log.info("raw %s / with snippets %s", raw, full)
+        raw = {f"c{c}": run_threads(lambda q: index.search_ids(q, 10), queries, c, args.seconds) for c in (1, 32)}
+        full = {f"c{c}": run_threads(lambda q: index.search(q, 10), queries, c, args.seconds) for c in (1, 32)}
+        log.info("raw %s / with snippets %s", raw, full)
+        service = asyncio.run(_service_part(settings, loaded, queries[:20_000], args.seconds))
+        log.info("in process (search + snippets + pages + summary + cache): %s", service)
+        http = {f"workers_{w}": _http_part(Path(tmp), w, queries[20_000 + 13_000 * i:], args.seconds)
+                for i, w in enumerate(args.workers)}
+        log.info("over HTTP: %s", http)
 
     bm25 = bench_rank_bm25(docs, queries, min(args.bm25_docs, args.docs), n_queries=30)
     scale = bm25["docs"] / args.docs
     bm25_qps_full = bm25["qps"] * scale
-    log.info("rank_bm25 on %d docs: %s -> %.2f qps scaled to %d docs", bm25["docs"], bm25, bm25_qps_full, args.docs)
-
-    http = asyncio.run(_http_part(create_app, Settings, LoadedIndex, index, queries, args.seconds))
+    best = max(http, key=lambda k: http[k]["uncached"]["c32"]["qps"])
+    ours = http[best]["uncached"]["c32"]["qps"]
     write_report(
         "search_text",
         params={"docs": args.docs, "vocab": 50_000, "doc_tokens": 80, "query_terms": 5, "top_k": 10,
-                "seconds_per_point": args.seconds},
-        metric="queries_per_s", ours=raw["c1"]["qps"], baseline=bm25_qps_full,
-        baseline_name=f"rank_bm25 BM25Okapi (measured on {bm25['docs']} docs, scaled x{scale:.2f} to {args.docs})",
-        details={"tantivy_build_s": round(build_s, 2), "raw_engine": raw, "engine_with_snippets": full,
-                 "http_end_to_end": http["uncached"], "http_cache_hit": http["cache_hit"],
-                 "http_note": "each HTTP request: auth, tantivy search + snippets, extractive summary of "
-                              "the top 10 pages, 2 SQLite cache writes; client and server share the 2 cores",
+                "seconds_per_point": args.seconds, "workers": args.workers},
+        metric="queries_per_s_at_32_concurrent", ours=ours, baseline=service["c32"]["qps"],
+        baseline_name="the same work in process (SearchService.text_search: search, snippets, pages, "
+                      "summary, cache writes), 32 concurrent",
+        details={"headline": f"HTTP ({best}) / in process at 32 concurrent", "ratio": round(ours / service["c32"]["qps"], 3),
+                 "http_p99_ms_c32": http[best]["uncached"]["c32"]["p99_ms"],
+                 "index_build_s": round(build_s, 2), "in_process": service, "http": http,
+                 "raw_engine": raw, "engine_with_snippets": full,
+                 "http_note": "each HTTP request: auth, tantivy search + snippets, page texts, extractive summary "
+                              "of the top 10 pages, 2 SQLite cache writes; the server runs as `dmms tools serve` "
+                              "processes and the client in this one, all on the same cores",
                  "rank_bm25_subset": bm25, "rank_bm25_qps_scaled_to_full": round(bm25_qps_full, 3)},
     )
 
 
-async def _http_part(create_app, Settings, LoadedIndex, index, queries, seconds) -> dict:  # noqa: ANN001
+async def _service_part(settings, loaded, queries: list[str], seconds: float) -> dict:  # noqa: ANN001
+    """``SearchService.text_search`` at 1 and 32 concurrent, unique queries: the in-process path."""
+    from components.search.app import create_app
+
+    app = create_app(settings, index=loaded)
+    out = {}
+    async with app.router.lifespan_context(app):
+        service = app.state.service
+        for i, c in enumerate((1, 32)):
+            qs = queries[i * 10_000:(i + 1) * 10_000]
+            lat: list[float] = []
+            stop, counter = time.perf_counter() + seconds, iter(range(10**9))
+
+            async def worker(qs=qs, lat=lat, stop=stop, counter=counter) -> None:
+                while time.perf_counter() < stop:
+                    q = qs[next(counter) % len(qs)]
+                    t = time.perf_counter()
+                    await service.text_search(q, 10)
+                    lat.append(time.perf_counter() - t)
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(c)))
+            out[f"c{c}"] = _stats(lat, time.perf_counter() - start)
+    return out
+
+
+def _http_part(tmp: Path, workers: int, queries: list[str], seconds: float) -> dict:
+    """``dmms tools serve`` with ``workers`` processes; the client at 1 and 32 concurrent, then cache hits."""
+    import os
     import socket
+    import subprocess
+    import sys
 
-    import uvicorn
+    import httpx
 
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(profile="tiny", tools={"token": "bench", "cache_url": f"sqlite:///{Path(tmp, 'c.db')}"})
-        app = create_app(settings, index=LoadedIndex(text=index, image=None))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            await asyncio.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            # unique queries per point: every request misses the cache
-            out = {"uncached": {}, "cache_hit": None}
-            for i, c in enumerate((1, 32)):
-                qs = queries[i * 10_000:(i + 1) * 10_000]
-                out["uncached"][f"c{c}"] = await run_http(url, "bench", qs, c, seconds)
-            out["cache_hit"] = await run_http(url, "bench", queries[:1], 1, seconds / 2)
-            return out
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DMMS_PROFILE": "tiny", "DMMS_TOOLS__TOKEN": "bench", "DMMS_TOOLS__WORKERS": str(workers),
+           "DMMS_TOOLS__INDEX_POLL_S": "600", "DMMS_TOOLS__CACHE_URL": f"sqlite:///{tmp / f'http{workers}.db'}",
+           "DMMS_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "components.cli", "tools", "serve", "--index", str(tmp / "index"),
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise SystemExit(f"the tool-server exited: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.2)
+        time.sleep(2.0)  # every worker has loaded the index
+        rss_mb = _rss_mb(proc.pid)
+        out = {"uncached": {}, "cache_hit": None, "server_rss_mb": rss_mb}
+        for i, c in enumerate((1, 32)):
+            out["uncached"][f"c{c}"] = asyncio.run(run_http(url, "bench", queries[i * 6_000:(i + 1) * 6_000], c, seconds))
+        out["cache_hit"] = asyncio.run(run_http(url, "bench", queries[:1], 1, seconds / 2))
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of the server's processes (the supervisor and each worker), MB."""
+    from pathlib import Path as P
+
+    def rss(p: int) -> float:
+        for line in P(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    kids = [int(c) for t in P(f"/proc/{pid}/task").iterdir()
+            for c in (P(f"/proc/{pid}/task/{t.name}/children").read_text().split())]
+    return {"main": round(rss(pid), 1), "workers": [round(rss(k), 1) for k in kids]}
 
 
 if __name__ == "__main__":

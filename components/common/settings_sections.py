@@ -189,6 +189,11 @@ class ToolsSettings(_Section):
     backend_concurrency: int = Field(
         16, ge=1, description="Calls in flight at once per backend (local index, web API, summariser)."
     )
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes of `dmms tools serve` (uvicorn workers) sharing the port. "
+        "Each loads the index (tantivy and the image arrays are memory-mapped, so their pages are shared); "
+        "/metrics adds up every worker. POST /admin/reload reaches one worker, so workers > 1 needs "
+        "index_poll_s > 0 (each worker follows the alias).")
     deadline_s: float = Field(
         45.0, gt=0, description="Server deadline of one search request, everything included (search, page "
         "fetches, grounding, summary, their retries); past it the answer is 504 upstream_timeout, which "
@@ -196,6 +201,10 @@ class ToolsSettings(_Section):
 
     @model_validator(mode="after")
     def _client_outwaits_server(self) -> ToolsSettings:
+        if self.workers > 1 and self.index_poll_s <= 0:
+            raise ValueError(
+                f"{env_name('tools', 'workers')}={self.workers} needs {env_name('tools', 'index_poll_s')} > 0: "
+                "POST /admin/reload reaches one worker, so each worker must follow the index alias itself")
         if self.timeout_s is not None and self.timeout_s <= self.deadline_s:
             raise ValueError(
                 f"{env_name('tools', 'timeout_s')}={self.timeout_s} must exceed "

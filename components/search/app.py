@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -27,11 +28,11 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from components.common.settings import Settings
+from components.common.settings import Settings, load_settings
 from components.search.cache import open_cache
 from components.search.errors import ToolServerError
 from components.search.index import LoadedIndex, load_index, resolve_index
@@ -141,6 +142,13 @@ def _make_backends(settings: Settings) -> tuple[Any, Any]:
 
         image = make_image_backend(settings)
     return text, image
+
+
+def app_from_env() -> FastAPI:
+    """The app the environment's settings describe: what each worker of a multi-process
+    ``dmms tools serve`` runs (``uvicorn components.search.app:app_from_env --factory``)."""
+    settings = load_settings()
+    return create_app(settings, settings.tools.index)
 
 
 def create_app(settings: Settings, index_dir: str | Path | None = None, *,
@@ -282,6 +290,13 @@ def _install_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     @app.get("/metrics")
     async def prometheus() -> Response:
         """This app's metrics, then the process-wide ones (retries of the shared retry policy:
-        ``stamina_retries_total``; process and GC)."""
+        ``stamina_retries_total``; process and GC); with several workers (PROMETHEUS_MULTIPROC_DIR,
+        set by ``dmms tools serve``) the sum over all of them."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(metrics.registry) + generate_latest(REGISTRY),
                         media_type=CONTENT_TYPE_LATEST)

@@ -1,7 +1,7 @@
 """CLI of the search package: build an index, serve it.
 
     dmms index build --corpus PATH --out PATH              # local folders or s3:// URIs
-    dmms tools serve --index PATH [--host H] [--port P]     # uvicorn; 127.0.0.1:8080 by default
+    dmms tools serve --index PATH [--host H] [--port P]     # uvicorn; 127.0.0.1:8080, DMMS_TOOLS__WORKERS processes
     dmms tools ground-serve --model DIR [--host H] [--port P]   # the grounding service (GroundingDINO)
     dmms tools reload [--url URL]                            # the tool-server re-resolves its index alias
 
@@ -12,12 +12,32 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import tempfile
 
 import typer
 
 from components.common.settings import load_settings
 
 log = logging.getLogger(__name__)
+
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    """The listening socket the workers share, created as TCP explicitly: uvicorn's own
+    (``socket.socket(family)``, protocol 0) makes asyncio skip TCP_NODELAY on every accepted
+    connection, and Nagle's algorithm then holds each response ~40 ms (measured: /healthz 44 ms at
+    2 workers against 0.8 ms at 1)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"error: cannot listen on {host}:{port} ({exc}); set DMMS_TOOLS__HOST / DMMS_TOOLS__PORT") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def register(app: typer.Typer) -> None:
@@ -56,11 +76,22 @@ def register(app: typer.Typer) -> None:
 
         overrides = {k: v for k, v in {"index": index, "host": host, "port": port}.items() if v is not None}
         settings = load_settings(tools=overrides) if overrides else load_settings()
-        app = create_app(settings, settings.tools.index)
-        log.info("tool-server on http://%s:%d serving %s", settings.tools.host, settings.tools.port,
-                 settings.tools.index)
-        uvicorn.run(app, host=settings.tools.host, port=settings.tools.port, log_config=None,
-                    timeout_graceful_shutdown=10)
+        t = settings.tools
+        log.info("tool-server on http://%s:%d serving %s (%d worker%s)", t.host, t.port, t.index,
+                 t.workers, "s" if t.workers > 1 else "")
+        if t.workers == 1:
+            uvicorn.run(create_app(settings, t.index), host=t.host, port=t.port, log_config=None,
+                        timeout_graceful_shutdown=10)
+            return
+        # N processes: each builds its app from the environment (the flags are passed on through it),
+        # and Prometheus counts in a shared folder so /metrics adds up every worker
+        os.environ.update({"DMMS_TOOLS__INDEX": t.index, "DMMS_TOOLS__HOST": t.host, "DMMS_TOOLS__PORT": str(t.port)})
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="dmms-metrics-"))
+        from uvicorn.supervisors import Multiprocess
+
+        config = uvicorn.Config("components.search.app:app_from_env", factory=True, workers=t.workers,
+                                host=t.host, port=t.port, log_config=None, timeout_graceful_shutdown=10)
+        Multiprocess(config, sockets=[_tcp_socket(t.host, t.port)]).run()
 
     @tools_app.command("ground-serve")
     def ground_serve(

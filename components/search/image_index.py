@@ -12,8 +12,9 @@ cross-correlation of a sharper thumbnail of the matched window (near-duplicates 
 On disk (``out_dir``): ``meta.json`` (embedder, dim, counts), ``records.json`` (image rows),
 ``vectors.npy``, ``boxes.npy``, ``starts.npy`` (first window of each image), ``grey.npy`` +
 ``sizes.npy`` (grey work images for verification). The folder is written to a temporary sibling
-and renamed, so a crash never leaves a half-written index. Loaded arrays are read-only, so one
-:class:`ImageIndex` is safely shared by every request thread.
+and renamed, so a crash never leaves a half-written index. Loaded arrays are read-only memory maps,
+so one :class:`ImageIndex` is safely shared by every request thread, and the pages by every worker
+process of the tool-server.
 
     idx = ImageIndex.build(Path("corpus"), Path("index/image"))
     idx = ImageIndex.load(Path("index/image")); idx.search(PIL.Image.open("q.jpg"), top_k=5)
@@ -143,7 +144,9 @@ class ImageIndex:
             raise ImageIndexError(
                 f"{index_dir} was built with embedder {meta.get('embedder')!r} (format {meta.get('format')}),"
                 f" but {embedder.name!r} (format {FORMAT_VERSION}) is configured: rebuild the index")
-        arrays = {n: np.load(index_dir / f"{n}.npy") for n in ("vectors", "boxes", "starts", "grey", "sizes")}
+        names = ("vectors", "boxes", "starts", "grey", "sizes")
+        # memory-mapped: the tool-server's worker processes share these pages instead of each a copy
+        arrays = {n: np.load(index_dir / f"{n}.npy", mmap_mode="r") for n in names}
         records = json.loads((index_dir / "records.json").read_text())
         return cls(records, embedder=embedder, **arrays)
 

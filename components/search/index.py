@@ -18,6 +18,7 @@ that has not reloaded yet, a run being reproduced) until ``keep`` newer ones exi
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -205,9 +206,16 @@ def load_index(index: str, settings: Settings, cache_dir: Path | None = None) ->
     if _is_remote(uri):
         from components.common.storage import open_store
 
-        path = Path(cache_dir or tempfile.mkdtemp(prefix="dmms-index-")) / version
+        # one local copy per version, shared by every worker process of the server (their memory
+        # maps then share pages too): the first downloads it, under a file lock, staged and renamed
+        path = Path(cache_dir or Path(tempfile.gettempdir(), "dmms-index-cache")) / version
         if not (path / MANIFEST).is_file():
-            open_store(settings).download_dir(uri, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with (path.parent / f".{version}.lock").open("w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (path / MANIFEST).is_file():
+                    with staged_dir(path) as staged:
+                        open_store(settings).download_dir(uri, staged)
     if not (path / MANIFEST).is_file():
         raise IndexFormatError(f"{uri} is not a built index (no {MANIFEST}): run `dmms index build`")
     manifest = json.loads((path / MANIFEST).read_text())

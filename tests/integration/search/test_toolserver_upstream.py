@@ -220,6 +220,46 @@ def test_cli_builds_and_serves(toolserver_corpus, tmp_path):
         proc.communicate(timeout=30)
 
 
+def test_several_workers_serve_one_port_and_metrics_add_up(toolserver_corpus, tmp_path):
+    """``DMMS_TOOLS__WORKERS=2``: two uvicorn worker processes behind one port, each following the
+    index alias, sharing the SQLite cache; /metrics sums the requests of both (prometheus_client's
+    multi-process mode), whichever worker answers the scrape."""
+    _corpus, index, entities = toolserver_corpus
+    port = free_port()
+    env = {"DMMS_TOOLS__CACHE_URL": f"sqlite:///{tmp_path / 'c.db'}", "DMMS_TOOLS__TOKEN": TOKEN,
+           "DMMS_TOOLS__WORKERS": "2", "DMMS_TOOLS__INDEX_POLL_S": "30",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    (tmp_path / "metrics").mkdir()
+    proc = _cli("tools", "serve", "--index", str(index), "--port", str(port), env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/healthz", timeout_s=120, proc=proc)
+        deadline = time.monotonic() + 60
+        while httpx.get(url + "/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # both workers ready (readyz answered by one of them)
+        for i in range(12):
+            e = entities[i % len(entities)]
+            r = _search(url, f"{e.name} city {i}")
+            assert r.status_code == 200 and r.json()["results"][0]["doc_id"] == e.doc_id
+        text = httpx.get(url + "/metrics", timeout=10).text
+        total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("dmms_requests_total{") and 'route="/v1/text_search"' in line)
+        assert total == 12
+        pids = {f.name.split("_")[-1] for f in (tmp_path / "metrics").glob("*.db")}
+        assert len(pids) >= 2  # two processes wrote counts
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_workers_need_the_alias_followed():
+    from components.common.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="DMMS_TOOLS__WORKERS=4 needs DMMS_TOOLS__INDEX_POLL_S > 0"):
+        load_settings(tools={"workers": 4})
+
+
 def test_a_hanging_upstream_gets_our_504_and_the_client_does_not_retry_it(web_toolserver):
     """The tool-server answers 504 when its upstream deadline passes (deadline_s=1.5 here,
     below the client's 10 s timeout); the client then stops: asking again would spend the same
