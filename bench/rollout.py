@@ -5,7 +5,10 @@
 Setup (one machine, same run): a small offline world (``make_world``) indexed with the real
 ``build_index`` and served by the real tool-server app in process, with
 ``settings.tools.simulated_latency_ms`` (default 300 ms: realistic web-search latency) added to
-every local search. N prompts × G generations = N·G trajectories of the agent loop:
+every local search. The tool-server runs as ``dmms tools serve`` in its own processes
+(``--tools-workers``, default 2), as it is deployed — its own pods, not the rollout's — so the
+numbers measure the loop and its batching; ``--in-process-tools`` puts it in this process instead
+(tools and loop then share one interpreter), reported as ``tools``. N prompts × G generations = N·G trajectories of the agent loop:
 - ``policy=scripted`` (default): a deterministic policy standing for a model (``ScriptedGenerator``,
   tokenised with the tiny model's tokenizer): an image search, 0-2 text searches (by prompt), an answer;
 - ``policy=tiny``: the tiny random model through the local generator (mostly invalid turns).
@@ -22,10 +25,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+import httpx
 
 from bench.report import write_report
 
@@ -69,6 +79,48 @@ def _app(settings, tmp: Path, name: str):
     return create_app(settings.model_copy(update={"tools": tools}), tmp / "index")
 
 
+@asynccontextmanager
+async def _tools(args, settings, tmp: Path, name: str):
+    """A ToolClient of a fresh tool-server with its own empty cache: by default ``dmms tools serve``
+    in its own processes (``--tools-workers``), as deployed (tool-server pods apart from the rollout
+    pods), so its CPU does not share the loop's process; ``--in-process-tools``: the app in this
+    process (``httpx.ASGITransport``), everything on one event loop."""
+    from components.search.client import ToolClient, in_process_client
+
+    if args.in_process_tools:
+        async with in_process_client(_app(settings, tmp, name)) as client:
+            yield client
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DMMS_PROFILE": "tiny", "DMMS_TOOLS__TOKEN": "bench", "DMMS_LOG_LEVEL": "WARNING",
+           "DMMS_TOOLS__WORKERS": str(args.tools_workers), "DMMS_TOOLS__INDEX_POLL_S": "600",
+           "DMMS_TOOLS__SIMULATED_LATENCY_MS": str(args.latency_ms),
+           "DMMS_TOOLS__BACKEND_CONCURRENCY": str(settings.tools.backend_concurrency),
+           "DMMS_TOOLS__CACHE_URL": f"sqlite:///{tmp / name}.db"}
+    proc = subprocess.Popen([sys.executable, "-m", "components.cli", "tools", "serve", "--index", str(tmp / "index"),
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the tool-server did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0 if args.tools_workers > 1 else 0.0)  # every worker has its index
+        async with ToolClient(url, "bench", timeout_s=60, retries=0) as client:
+            yield client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def _samples(tmp: Path, n: int, g: int):
     from components.agent.loop import Sample
     from components.agent.run import read_samples
@@ -86,7 +138,6 @@ async def _measure(args, tmp: Path) -> dict:
     from components.agent.loop import AgentLoop, LoopConfig
     from components.agent.models import load_model_and_processor
     from components.agent.tiny import build_tiny_model
-    from components.search.client import in_process_client
 
     settings = _setup(tmp, args.latency_ms)
     model, processor = load_model_and_processor(str(build_tiny_model(tmp / "tiny", seed=0)), settings.model)
@@ -97,9 +148,9 @@ async def _measure(args, tmp: Path) -> dict:
         return AgentLoop(gen, tools, LoopConfig(concurrency=concurrency, max_new_tokens=args.max_new_tokens,
                                                 progress=False, temperature=1.0, batch_window_s=window_ms / 1000))
 
-    async with in_process_client(_app(settings, tmp, "warm")) as tools:
+    async with _tools(args, settings, tmp, "warm") as tools:
         await loop(tools, 1).run(samples[:1])  # warm-up (model, index, processor)
-    async with in_process_client(_app(settings, tmp, "sequential")) as tools:
+    async with _tools(args, settings, tmp, "sequential") as tools:
         singles = []
         started = time.perf_counter()
         for s in samples:
@@ -107,11 +158,11 @@ async def _measure(args, tmp: Path) -> dict:
             await loop(tools, 1).run([s])
             singles.append(time.perf_counter() - t0)
         sequential_s = time.perf_counter() - started
-    async with in_process_client(_app(settings, tmp, "no-window")) as tools:  # batching without a window
+    async with _tools(args, settings, tmp, "no-window") as tools:  # batching without a window
         started = time.perf_counter()
         unwindowed = await loop(tools, len(samples), window_ms=0).run(samples)
         unwindowed_s = time.perf_counter() - started
-    async with in_process_client(_app(settings, tmp, "concurrent")) as tools:
+    async with _tools(args, settings, tmp, "concurrent") as tools:
         started = time.perf_counter()
         result = await loop(tools, len(samples)).run(samples)
         concurrent_s = time.perf_counter() - started
@@ -145,6 +196,9 @@ def main() -> None:
     parser.add_argument("--policy", choices=["scripted", "tiny"], default="scripted")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--window-ms", type=float, default=5.0, help="the batching window (agent.batch_window_ms)")
+    parser.add_argument("--tools-workers", type=int, default=2, help="processes of the tool-server (tools.workers)")
+    parser.add_argument("--in-process-tools", action="store_true",
+                        help="serve the tools from this process (shares its CPU with the loop) instead")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,6 +206,7 @@ def main() -> None:
     write_report("rollout", params=vars(args), metric="trajectories_per_s", ours=m["ours"],
                  baseline=m["baseline"], baseline_name="sequential loop (one trajectory at a time)",
                  details={**m, "ratio_to_ideal": round(m["ours"] / m["ideal"], 3),
+                          "tools": "in this process" if args.in_process_tools else f"dmms tools serve, {args.tools_workers} workers",
                           "ideal_definition": "N*G / longest single trajectory's duration (its critical path)"})
 
 

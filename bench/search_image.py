@@ -4,7 +4,8 @@ Why: the local image index must find the corpus image behind a resized, JPEG re-
 padded or cropped copy. This draws a corpus of procedural images (shapes, colours, text, plus
 near-duplicate distractors), builds the index, queries it with each transform, and compares with
 what simple code does — the nearest neighbour by Hamming distance of an 8x8 average hash — in the
-same run.
+same run. Transforms: half size, JPEG q30, Gaussian blur, a white or black border on every side,
+coloured letterbox bars of unequal widths on two sides, and 80% / 60% crops.
 
     python -m bench.search_image [--images 500] [--queries 100] [--seed 0]
 
@@ -107,6 +108,21 @@ def _pad(img: Image.Image, rng: random.Random) -> Image.Image:
     return out
 
 
+def _letterbox(img: Image.Image, rng: random.Random) -> Image.Image:
+    """Bars of one random colour on two opposite sides (a screenshot or a letterboxed frame), of
+    unequal widths: the border is neither white nor black, nor the same on every side."""
+    colour = _colour(rng)
+    if rng.random() < 0.5:  # bars above and below
+        top, bottom = int(rng.uniform(0.08, 0.25) * img.height), int(rng.uniform(0.08, 0.25) * img.height)
+        out = Image.new("RGB", (img.width, img.height + top + bottom), colour)
+        out.paste(img, (0, top))
+    else:
+        left, right = int(rng.uniform(0.08, 0.25) * img.width), int(rng.uniform(0.08, 0.25) * img.width)
+        out = Image.new("RGB", (img.width + left + right, img.height), colour)
+        out.paste(img, (left, 0))
+    return out
+
+
 def _crop(img: Image.Image, rng: random.Random, frac: float = 0.6) -> Image.Image:
     cw, ch = int(img.width * frac), int(img.height * frac)
     x, y = rng.randrange(img.width - cw + 1), rng.randrange(img.height - ch + 1)
@@ -118,6 +134,8 @@ TRANSFORMS: dict[str, Callable[[Image.Image, random.Random], Image.Image]] = {
     "jpeg_q30": lambda im, rng: _jpeg(im, 30),
     "blurred": lambda im, rng: im.filter(ImageFilter.GaussianBlur(2.0)),
     "padded": _pad,
+    "letterboxed_colour": _letterbox,
+    "cropped_80": lambda im, rng: _crop(im, rng, 0.8),
     "cropped_60": _crop,
 }
 
