@@ -32,7 +32,7 @@ from packaging.requirements import Requirement
 log = logging.getLogger("gpu_wheels")
 
 ROOTS = ("trl", "datasets", "transformers", "accelerate", "peft", "pydantic-settings", "fastapi", "uvicorn",
-         "tantivy", "minio", "pyyaml")
+         "tantivy", "minio", "pyyaml", "stamina")
 PREINSTALLED = ("torch", "transformers", "accelerate", "peft", "safetensors", "tokenizers", "pyarrow", "pandas",
                 "pillow", "httpx", "prometheus-client", "pytest")
 # on the machine, but older than what we test with: bring ours (first on PYTHONPATH)

@@ -37,7 +37,7 @@ from components.search import image_features as F
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-VERIFY_CANDIDATES = 6
+VERIFY_CANDIDATES = 12
 VERIFY_WEIGHT = 0.5
 REFINE_SHIFT = 0.035  # fraction of the image side: about half the window grid step
 
