@@ -42,7 +42,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@set -e; for f in bench/*.py; do \
 	  name=$$(basename $$f .py); \
-	  case $$name in __init__|report|expert_data|gpu_wheels) continue;; esac; \
+	  case $$name in __init__|report|served|expert_data|gpu_wheels) continue;; esac; \
 	  echo "== bench $$name" >&2; $(PY) -m bench.$$name; \
 	done
 

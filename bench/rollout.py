@@ -25,17 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import re
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-
-import httpx
 
 from bench.report import write_report
 
@@ -91,34 +85,13 @@ async def _tools(args, settings, tmp: Path, name: str):
         async with in_process_client(_app(settings, tmp, name)) as client:
             yield client
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "DMMS_PROFILE": "tiny", "DMMS_TOOLS__TOKEN": "bench", "DMMS_LOG_LEVEL": "WARNING",
-           "DMMS_TOOLS__WORKERS": str(args.tools_workers), "DMMS_TOOLS__INDEX_POLL_S": "600",
-           "DMMS_TOOLS__SIMULATED_LATENCY_MS": str(args.latency_ms),
-           "DMMS_TOOLS__BACKEND_CONCURRENCY": str(settings.tools.backend_concurrency),
-           "DMMS_TOOLS__CACHE_URL": f"sqlite:///{tmp / name}.db"}
-    proc = subprocess.Popen([sys.executable, "-m", "components.cli", "tools", "serve", "--index", str(tmp / "index"),
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the tool-server did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(1.0 if args.tools_workers > 1 else 0.0)  # every worker has its index
-        async with ToolClient(url, "bench", timeout_s=60, retries=0) as client:
+    from bench.served import TOKEN, served_tools
+
+    env = {"DMMS_TOOLS__SIMULATED_LATENCY_MS": str(args.latency_ms),
+           "DMMS_TOOLS__BACKEND_CONCURRENCY": str(settings.tools.backend_concurrency)}
+    with served_tools(tmp / "index", tmp / f"{name}.db", args.tools_workers, env) as (url, _pid):
+        async with ToolClient(url, TOKEN, timeout_s=60, retries=0) as client:
             yield client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _samples(tmp: Path, n: int, g: int):

@@ -213,57 +213,26 @@ async def _service_part(settings, loaded, queries: list[str], seconds: float) ->
 
 def _http_part(tmp: Path, workers: int, queries: list[str], seconds: float) -> dict:
     """``dmms tools serve`` with ``workers`` processes; the client at 1 and 32 concurrent, then cache hits."""
-    import os
-    import socket
-    import subprocess
-    import sys
+    from bench.served import TOKEN, served_tools
 
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "DMMS_PROFILE": "tiny", "DMMS_TOOLS__TOKEN": "bench", "DMMS_TOOLS__WORKERS": str(workers),
-           "DMMS_TOOLS__INDEX_POLL_S": "600", "DMMS_TOOLS__CACHE_URL": f"sqlite:///{tmp / f'http{workers}.db'}",
-           "DMMS_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "components.cli", "tools", "serve", "--index", str(tmp / "index"),
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit(f"the tool-server exited: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.2)
-        time.sleep(2.0)  # every worker has loaded the index
-        rss_mb = _rss_mb(proc.pid)
-        out = {"uncached": {}, "cache_hit": None, "server_rss_mb": rss_mb}
+    with served_tools(tmp / "index", tmp / f"http{workers}.db", workers) as (url, pid):
+        out = {"uncached": {}, "cache_hit": None, "server_rss_mb": _rss_mb(pid)}
         for i, c in enumerate((1, 32)):
-            out["uncached"][f"c{c}"] = asyncio.run(run_http(url, "bench", queries[i * 6_000:(i + 1) * 6_000], c, seconds))
-        out["cache_hit"] = asyncio.run(run_http(url, "bench", queries[:1], 1, seconds / 2))
+            out["uncached"][f"c{c}"] = asyncio.run(run_http(url, TOKEN, queries[i * 6_000:(i + 1) * 6_000], c, seconds))
+        out["cache_hit"] = asyncio.run(run_http(url, TOKEN, queries[:1], 1, seconds / 2))
         return out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _rss_mb(pid: int) -> dict[str, float]:
     """Resident memory of the server's processes (the supervisor and each worker), MB."""
-    from pathlib import Path as P
-
     def rss(p: int) -> float:
-        for line in P(f"/proc/{p}/status").read_text().splitlines():
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
 
-    kids = [int(c) for t in P(f"/proc/{pid}/task").iterdir()
-            for c in (P(f"/proc/{pid}/task/{t.name}/children").read_text().split())]
+    kids = [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+            for c in (Path(f"/proc/{pid}/task/{t.name}/children").read_text().split())]
     return {"main": round(rss(pid), 1), "workers": [round(rss(k), 1) for k in kids]}
 
 

@@ -200,7 +200,7 @@ class ToolsSettings(_Section):
         "clients never retry.")
 
     @model_validator(mode="after")
-    def _client_outwaits_server(self) -> ToolsSettings:
+    def _cross_checks(self) -> ToolsSettings:
         if self.workers > 1 and self.index_poll_s <= 0:
             raise ValueError(
                 f"{env_name('tools', 'workers')}={self.workers} needs {env_name('tools', 'index_poll_s')} > 0: "
