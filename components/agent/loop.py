@@ -39,6 +39,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from components.agent.frame import Frame, parse_box, stated_size
 from components.agent.generators.base import Batcher, Generator, GenRequest, LockstepBatcher
 from components.agent.protocol import (
     PROMPT_VERSION,
@@ -87,6 +88,8 @@ class LoopConfig:
     # how long a generation batch may wait for more trajectories (tool calls returning): agent.batch_window_ms
     batch_window_s: float = 0.005
     progress: bool = True
+    # the processor's pixel budget when the generator has no processor (components/agent/frame.py)
+    max_pixels: int = 64 * 28 * 28
     # A failed search is reported to the model as <information> (it may rephrase, or answer);
     # this many failures IN A ROW end the trajectory with ``tool_error`` (a dead or misconfigured
     # tool-server should not burn the whole call budget).
@@ -123,8 +126,12 @@ class Rollout:
     def __init__(self, loop: AgentLoop, sample: Sample):
         self.loop, self.sample, self.cfg = loop, sample, loop.config
         self.pil = Image.open(io.BytesIO(sample.image)).convert("RGB")
+        frame = Frame.for_model(self.pil.size, loop.processor, self.cfg.max_pixels)
         self.traj = Trajectory.start(sample.id, sample.question, sample.answers, sample.image,
-                                     version=self.cfg.prompt_version, limits=self.cfg.limits)
+                                     version=self.cfg.prompt_version, limits=self.cfg.limits,
+                                     image_size=frame.size)
+        # boxes are in the frame only where the prompt version states it (v2/t2); v1/t1: original pixels
+        self.frame = frame if stated_size(self.traj.messages[1]["content"][1]["text"]) else None
         loop.images[sha256_of(sample.image)] = sample.image
         self.protocol = ProtocolState(limits=self.cfg.limits)
         processor = loop.processor
@@ -176,6 +183,9 @@ class Rollout:
             resp, err = await tools.safe_text_search(action.query, top_k)
         else:
             region = action.region if action.kind == ActionKind.CROP_SEARCH else None
+            box = parse_box(region) if self.frame is not None else None
+            if box is not None:  # the model's frame -> the original image's pixels, where the server crops
+                region = [round(v, 1) for v in self.frame.to_pixels(box)]
             resp, err = await tools.safe_image_search(self.sample.image, region, top_k)
         latency = time.perf_counter() - started
         if err is not None:
@@ -240,7 +250,7 @@ class AgentLoop:
         config = LoopConfig(limits=Limits.from_settings(a), prompt_version=a.prompt_version,
                             max_new_tokens=m.max_new_tokens, temperature=m.temperature,
                             top_k=settings.tools.top_k, concurrency=a.concurrency,
-                            batch_window_s=a.batch_window_ms / 1000)
+                            batch_window_s=a.batch_window_ms / 1000, max_pixels=m.max_pixels)
         for key, value in overrides.items():
             setattr(config, key, value)
         return cls(generator, tools, config)

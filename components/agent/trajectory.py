@@ -136,11 +136,13 @@ class Trajectory(BaseModel):
 
     @classmethod
     def start(cls, sample_id: str, question: str, answers: Sequence[str] = (), image: bytes | None = None,
-              version: str = PROMPT_VERSION, limits: Limits | None = None) -> Trajectory:
-        """A new trajectory holding the system prompt and the first user turn (image first)."""
+              version: str = PROMPT_VERSION, limits: Limits | None = None,
+              image_size: tuple[int, int] | None = None) -> Trajectory:
+        """A new trajectory holding the system prompt and the first user turn (image first);
+        ``image_size``: the frame the model sees the image in (stated from prompt version v2/t2 on)."""
         images = [ImageRef(sha256=sha256_of(image), role="input")] if image is not None else []
         return cls(sample_id=sample_id, question=question, answers=list(answers), prompt_version=version,
-                   messages=initial_messages(question, version, limits), images=images)
+                   messages=initial_messages(question, version, limits, image_size), images=images)
 
     def add_turn(self, raw: str, action: Action, information: str | None = None, *,
                  tool_result: str | None = None, tool_latency_s: float | None = None,

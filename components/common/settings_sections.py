@@ -274,7 +274,8 @@ class AgentSettings(_Section):
     max_invalid_turns: int = Field(
         3, ge=1, description="Invalid model turns after which a trajectory ends (end reason invalid_limit)."
     )
-    prompt_version: str = Field("v1", description="Prompt template version (agent/prompts/).")
+    prompt_version: str = Field("v2", description="Prompt template version (agent/prompts/); v2 and t2 state the "
+                                "image frame the model sees, so its crop boxes are rescaled to the original image.")
     concurrency: int = Field(32, ge=1, description="Trajectories in flight at once.")
     batch_window_ms: float = Field(
         5.0, ge=0, le=1000, description="How long a generation batch waits for more trajectories (those whose "

@@ -61,6 +61,7 @@ def vllm_serve_command(
     served_model_name: str | None = None,
     weight_sync: bool = True,
     vllm_version: str = DEFAULT_VLLM_VERSION,
+    max_pixels: int | None = None,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     """``vllm serve`` argv. ``weight_sync=True`` adds what TRL's GRPO trainer needs to push weights
@@ -84,6 +85,8 @@ def vllm_serve_command(
         argv += ["--enforce-eager"]
     if served_model_name:
         argv += ["--served-model-name", served_model_name]
+    if max_pixels is not None:  # the image frame the trainer's processor, the prompt and the crop boxes assume
+        argv += ["--mm-processor-kwargs", json.dumps({"max_pixels": int(max_pixels)})]
     if weight_sync:
         if _version_tuple(vllm_version)[:2] >= SCALE_OUT_MIN_VERSION:
             argv += ["--enable-scale-out"]

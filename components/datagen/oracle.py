@@ -7,7 +7,8 @@ plans the trajectory a good model would take — but it answers only from what t
 - search-free question: it reads the answer off the pixels (as a strong VLM would) and answers
   without searching;
 - search-required: one image search (a crop, by box or by region phrase, when the question is
-  about one region of a scene; else the whole image); it picks the entity among the names the
+  about one region of a scene; else the whole image; a box in the frame the prompt states, as a
+  model sees the image — components/agent/frame.py); it picks the entity among the names the
   search returned (the gold one if it is there — an expert recognises it — else the top guess);
   then text searches along the hop chain (a one-hop fact the image search's summary already states
   is answered from it, unless ``summary_answers`` is off: then it always searches the text), each fact extracted from the returned summary with the
@@ -33,6 +34,7 @@ from typing import Any
 
 from PIL import Image
 
+from components.agent.frame import Frame, stated_size
 from components.agent.generators.base import GenOutput, GenRequest
 from components.agent.protocol import (
     GIVE_UP_ANSWER,
@@ -176,8 +178,9 @@ def _visual_answer(category: str, image: Image.Image) -> str:
 
 
 def plan_turn(gold: Gold, image: Image.Image, history: list[tuple[Action, str]], names: list[str],
-              requeries: int = 2, summary_answers: bool = True) -> Action:
-    """The next action given the previous ones and the information each got back."""
+              requeries: int = 2, summary_answers: bool = True, frame: Frame | None = None) -> Action:
+    """The next action given the previous ones and the information each got back; a crop box is
+    written in ``frame`` (the size the prompt states) when given, else in original pixels."""
     if not gold.requires_search:
         if not gold.category.startswith(_VISUAL_PREFIX):
             return _answer("I cannot work this out from the image alone and have no plan.", GIVE_UP_ANSWER)
@@ -186,7 +189,7 @@ def plan_turn(gold: Gold, image: Image.Image, history: list[tuple[Action, str]],
                        f"looking at the shapes, the answer is {value}.", value)
     image_info = next((info for a, info in history if a.kind in IMAGE_KINDS), None)
     if image_info is None:
-        return _image_search(gold)
+        return _image_search(gold, frame)
     found = candidates(image_info, names)
     if not found:
         return _answer("The image search found nothing I can name, and I cannot search the image again.",
@@ -226,13 +229,14 @@ def _follow_chain(gold: Gold, subject: str, image_info: str, texts: list[tuple[s
     return Action(kind=ActionKind.TEXT_SEARCH, reason=f"{why}{FACT_WORDS[fact]}.", query=query)
 
 
-def _image_search(gold: Gold) -> Action:
+def _image_search(gold: Gold, frame: Frame | None = None) -> Action:
     if gold.crop_box is None and gold.region is None:
         return Action(kind=ActionKind.IMAGE_SEARCH,
                       reason="I do not know what this image shows; I search with the whole image.")
     m = _SUBJECT.search(gold.question)
     use_box = gold.crop_box is not None and (m is None or int(gold.id.encode().hex(), 16) % 2 == 0)
-    region: str | list[float] = [float(v) for v in gold.crop_box] if use_box else m.group(1)
+    region: str | list[float] = m.group(1) if not use_box else (
+        frame.from_pixels(gold.crop_box) if frame is not None else [float(v) for v in gold.crop_box])
     return Action(kind=ActionKind.CROP_SEARCH, region=region,
                   reason="The question is about one region of the image; I search a crop of that region.")
 
@@ -250,6 +254,16 @@ def _question_of(messages: list[dict[str, Any]]) -> str | None:
                                                              if c.get("type") == "text")
     m = _QUESTION.search(text)
     return m.group(1).strip() if m else None
+
+
+def _frame(messages: list[dict[str, Any]], image: Image.Image) -> Frame | None:
+    """The frame the conversation's first user turn states (prompt versions v2/t2), as a model reads it."""
+    first = next((m for m in messages if m["role"] == "user"), None)
+    content = first["content"] if first is not None else ""
+    text = content if isinstance(content, str) else "".join(c.get("text", "") for c in content
+                                                             if c.get("type") == "text")
+    size = stated_size(text)
+    return Frame(width=size[0], height=size[1], original=image.size) if size else None
 
 
 def history_of(messages: list[dict[str, Any]]) -> list[tuple[Action, str]]:
@@ -296,7 +310,7 @@ class OracleGenerator:
         if gold is None:
             return GenOutput(text="", stop_reason="error", error=f"oracle: unknown question {question[:80]!r}")
         action = plan_turn(gold, request.images[0], history_of(messages), self.world.names, self.requeries,
-                            self.summary_answers)
+                            self.summary_answers, _frame(messages, request.images[0]))
         text = render_action(action)
         return GenOutput(text=text, stop_reason="stop_string", stop=f"</{text.rsplit('</', 1)[1]}")
 

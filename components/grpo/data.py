@@ -26,6 +26,7 @@ from typing import Any
 
 from PIL import Image
 
+from components.agent.frame import Frame
 from components.agent.protocol import Limits
 from components.agent.trajectory import Trajectory
 from components.common.settings import Settings
@@ -34,10 +35,13 @@ from components.common.storage import ObjectStore, is_s3
 log = logging.getLogger(__name__)
 
 
-def prompt_messages(question: str, settings: Settings) -> list[dict[str, str]]:
-    """The protocol's initial messages for ``question`` with string content (no image element)."""
+def prompt_messages(question: str, settings: Settings, image_size: tuple[int, int] | None = None,
+                    ) -> list[dict[str, str]]:
+    """The protocol's initial messages for ``question`` about an image of ``image_size`` (original
+    pixels; the prompt states the frame the model sees it in, as the agent loop does), string content."""
+    frame = Frame.of(image_size, settings.model.max_pixels).size if image_size else None
     traj = Trajectory.start("prompt", question, version=settings.agent.prompt_version,
-                            limits=Limits.from_settings(settings.agent))
+                            limits=Limits.from_settings(settings.agent), image_size=frame)
     return traj.to_sft_messages()
 
 
@@ -64,9 +68,12 @@ def _png(image: Image.Image | bytes | Path) -> bytes:
 
 def make_row(sample_id: str, question: str, answers: list[str], image: Any, settings: Settings) -> dict:
     """One GRPO row; ``image`` is encoded bytes, a PIL image or a file path."""
+    png = _png(image)
+    with Image.open(io.BytesIO(png)) as img:
+        size = img.size
     return {"id": sample_id, "question": question, "answers": list(answers),
-            "prompt": prompt_messages(question, settings),
-            "images": [{"bytes": _png(image), "path": None}]}
+            "prompt": prompt_messages(question, settings, size),
+            "images": [{"bytes": png, "path": None}]}
 
 
 def grpo_dataset(rows: list[dict]):

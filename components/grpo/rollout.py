@@ -36,6 +36,7 @@ from typing import Any
 from PIL import Image
 
 from components.agent.loop import AgentLoop, Sample
+from components.agent.frame import unstated
 from components.agent.protocol import Limits, render_initial_user
 from components.agent.rollout import to_rollout_output
 from components.common.settings import Settings, env_name
@@ -143,7 +144,7 @@ class RolloutFunc:
     def samples(self, prompts: list[list[dict[str, Any]]], step: int) -> list[Sample]:
         out = []
         for i, prompt in enumerate(prompts):
-            question = self.by_prompt.get(_user_text(prompt))
+            question = self.by_prompt.get(unstated(_user_text(prompt)))  # the frame is checked below
             if question is None:
                 raise ValueError(
                     "a GRPO prompt is not the protocol's initial turn for any question of the dataset: rebuild "

@@ -76,6 +76,7 @@ class RolloutSpec:
     tolerations: list[dict[str, Any]] | None = None
     extra_args: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+    max_pixels: int | None = None  # the processor's pixel budget (model.max_pixels): the image frame
 
 
 def load_template(path: str | Path | None = None) -> tuple[dict, dict]:
@@ -130,7 +131,7 @@ def build_objects(template: tuple[dict, dict], spec: RolloutSpec, *, name: str, 
     argv = vllm_serve_command(spec.model, tensor_parallel=spec.tensor_parallel,
                               gpu_memory_utilization=spec.gpu_memory_utilization,
                               max_model_len=spec.max_model_len, port=SERVER_PORT,
-                              extra_args=spec.extra_args)
+                              max_pixels=spec.max_pixels, extra_args=spec.extra_args)
     container["command"] = argv
     container.pop("args", None)
     env = [e for e in container.get("env", []) if e["name"] not in vllm_serve_env()]

@@ -46,6 +46,7 @@ def rollout_spec(settings: Settings, run_id: str = "") -> RolloutSpec:
         model=g.rollout_model or settings.model.name_or_path,
         tensor_parallel=g.rollout_tensor_parallel,
         gpu_memory_utilization=g.rollout_gpu_memory_utilization,
+        max_pixels=settings.model.max_pixels,
         image=p.train_image,
         node_selector=dict(p.gpu_node_selector),
         tolerations=[dict(t) for t in p.gpu_tolerations],

@@ -17,6 +17,7 @@ Tests: ``pytest tests/unit/registry/test_serving.py`` (in-memory Kubernetes API 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -67,7 +68,8 @@ def inference_service(settings: Any, checkpoint_uri: str, version: str) -> dict[
                 "modelFormat": {"name": "huggingface"},
                 "storageUri": checkpoint_uri,
                 "args": [f"--model_name={s.name}", "--backend=vllm", f"--max-model-len={s.max_model_len}",
-                         f"--tensor-parallel-size={s.gpus}"],
+                         f"--tensor-parallel-size={s.gpus}",  # vLLM engine args pass through; the frame:
+                         "--mm-processor-kwargs=" + json.dumps({"max_pixels": settings.model.max_pixels})],
                 "resources": _resources(settings),
             },
         }},
@@ -90,7 +92,8 @@ def vllm_deployment(settings: Any, checkpoint_uri: str, version: str) -> tuple[d
     mounts = [{"name": "model", "mountPath": "/models"}, {"name": "tmp", "mountPath": "/tmp"},
               {"name": "dshm", "mountPath": "/dev/shm"}]
     command = vllm_serve_command("/models/champion", tensor_parallel=s.gpus, max_model_len=s.max_model_len,
-                                 port=PORT, served_model_name=s.name, weight_sync=False)
+                                 port=PORT, served_model_name=s.name, weight_sync=False,
+                                 max_pixels=settings.model.max_pixels)
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": s.name, "namespace": p.namespace, "labels": labels,

@@ -23,7 +23,7 @@ from components.agent.protocol.tags import (
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- prompts
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"  # v2 states the image frame (components/agent/frame.py); v1 is kept for old runs
 _PROMPTS = resources.files("components.agent.prompts")
 
 
@@ -53,17 +53,22 @@ def render_system_prompt(version: str = PROMPT_VERSION, limits: Limits | None = 
     return _render(version, "system.txt", limits=limits or Limits())
 
 
-def render_initial_user(question: str, version: str = PROMPT_VERSION, limits: Limits | None = None) -> str:
-    """The text of the first user turn (the image goes before it as its own content element)."""
-    return _render(version, "initial.txt", question=question.strip(), limits=limits or Limits())
+def render_initial_user(question: str, version: str = PROMPT_VERSION, limits: Limits | None = None,
+                        image_size: tuple[int, int] | None = None) -> str:
+    """The text of the first user turn (the image goes before it as its own content element).
+
+    ``image_size`` is the (width, height) the model sees the image at (:mod:`components.agent.frame`);
+    versions from v2/t2 on state it, so the model's crop boxes are in that frame."""
+    return _render(version, "initial.txt", question=question.strip(), limits=limits or Limits(),
+                   image_size=tuple(image_size) if image_size else None)
 
 
-def initial_messages(question: str, version: str = PROMPT_VERSION,
-                     limits: Limits | None = None) -> list[dict[str, Any]]:
+def initial_messages(question: str, version: str = PROMPT_VERSION, limits: Limits | None = None,
+                     image_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """System + first user turn in the chat form Qwen2.5-VL's template wants (image first)."""
+    user = render_initial_user(question, version, limits, image_size)
     return [{"role": "system", "content": render_system_prompt(version, limits)},
-            {"role": "user", "content": [{"type": "image"},
-                                         {"type": "text", "text": render_initial_user(question, version, limits)}]}]
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]}]
 
 
 BASELINE_MODES = ("direct", "rag")

@@ -111,6 +111,23 @@ async def test_crop_kept_by_hash_and_image_search_only_once(processor, tools):
     assert format_score(traj) == pytest.approx(2 / 3)
 
 
+@pytest.mark.parametrize("version,sent", [("v2", [0, 0, 128, 128]), ("t2", [0, 0, 128, 128]),
+                                          ("v1", [0, 0, 56, 56])])
+async def test_a_box_in_the_models_frame_crops_that_region_of_the_original(processor, tools, version, sent):
+    """The tiny processor shows a 256 x 256 image at 112 x 112: the prompt (v2/t2) says so, and the
+    model's box [0, 0, 56, 56] (its top-left quarter) reaches the tool-server as the original's
+    top-left quarter; v1 states no frame, so its boxes stay in original pixels."""
+    crop = "<reason>The corner matters.</reason>\n<img_search>[0, 0, 56, 56]</img_search>"
+    result = await _run(ScriptedGenerator(fixed_turns([crop, ANSWER]), processor), tools, prompt_version=version)
+    traj = result.trajectories[0]
+    first = traj.messages[1]["content"][1]["text"]
+    assert ("Image size: 112x112 pixels." in first) == (version != "v1")
+    assert traj.turns[0].action.region == [0, 0, 56, 56]  # the record keeps what the model wrote
+    assert traj.turns[0].crop_box == sent  # the server cropped (and reported) original pixels
+    crop_ref = next(i for i in traj.images if i.role == "crop")
+    assert pil(result.images[crop_ref.sha256]).size == (sent[2], sent[3])
+
+
 async def test_trajectories_end_in_every_way(processor, tools):
     cases = {
         EndReason.ANSWER: ([TEXT, ANSWER], {}),

@@ -121,6 +121,34 @@ def test_crop_search_uses_box_or_region_phrase():
     assert '"the building on the left"' in regions and "[0.0, 0.0, 100.0, 200.0]" in regions
 
 
+async def test_oracle_boxes_are_in_the_frame_the_prompt_states(world):
+    """world.json keeps crop boxes in original pixels; the oracle writes them in the frame the first
+    user turn states (v2/t2), as a model that sees the resized image would, and the loop's rescale
+    (components/agent/frame.py) brings them back to the same pixels."""
+    from components.agent.frame import Frame
+
+    data = json.loads((world / "world.json").read_text())
+    gold = {q["id"]: q for q in data["questions"]}
+    boxed = []
+    for split in ("train", "val", "test"):
+        items = read_vqa(world / "vqa" / split)
+        gen = OracleGenerator(load_world(world / "world.json"), items, world / "vqa" / split)
+        boxed += [(gen, world / "vqa" / split, i) for i in items
+                  if gold[i.id].get("crop_box") and int(i.id.encode().hex(), 16) % 2 == 0]
+    assert boxed, "the test world has no question the oracle answers with a crop box"
+    for gen, root, item in boxed[:3]:
+        img = Image.open(root / item.image).convert("RGB")
+        frame = Frame.of(img.size, 12544)
+        for version, expect in (("v2", frame.from_pixels(gold[item.id]["crop_box"])),
+                                ("v1", [float(v) for v in gold[item.id]["crop_box"]])):
+            out = (await gen.generate([GenRequest(images=[img], messages=initial_messages(
+                item.question, version, image_size=frame.size))]))[0]
+            action = parse_turn(out.text)
+            assert action.kind == ActionKind.CROP_SEARCH and action.region == expect, (version, out.text)
+        in_frame = frame.from_pixels(gold[item.id]["crop_box"])
+        assert frame.to_pixels(in_frame) == pytest.approx(gold[item.id]["crop_box"], abs=img.width / frame.width)
+
+
 def test_search_free_answers_from_the_pixels_without_searching():
     from components.world.visual import VISUAL_KINDS, make_visual
 
