@@ -83,6 +83,13 @@ class SFTSettings(_Section):
     group_by_length: bool = Field(
         False, description="Batch rows of similar token length together (transformers' length-grouped "
         "sampler, randomised in mega-batches): less padding, faster steps; off: uniformly random batches.")
+    vision_pretrain_steps: int = Field(
+        0, ge=0, description="Steps of vision-tower pretraining (components/sft/vision.py: the tower with one "
+        "classifier per search-free question kind, on freshly drawn images) before copy pretraining, for a model "
+        "the SFT step builds from scratch; 0: none (paper: a pretrained vision encoder).")
+    vision_pretrain_batch_size: int = Field(64, ge=1, description="Vision-tower pretraining: images per step.")
+    vision_pretrain_learning_rate: float = Field(2e-3, gt=0, description="Vision-tower pretraining: peak "
+                                                 "learning rate.")
     visual_pretrain_steps: int = Field(
         0, ge=0, description="Steps of visual pretraining on freshly drawn search-free images "
         "(components/sft/visual.py) after copy pretraining, for a model the SFT step builds from scratch "

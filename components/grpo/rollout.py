@@ -35,8 +35,8 @@ from typing import Any
 
 from PIL import Image
 
-from components.agent.loop import AgentLoop, Sample
 from components.agent.frame import unstated
+from components.agent.loop import AgentLoop, Sample
 from components.agent.protocol import Limits, render_initial_user
 from components.agent.rollout import to_rollout_output
 from components.common.settings import Settings, env_name

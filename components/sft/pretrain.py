@@ -94,7 +94,7 @@ def train_stage(model: Any, name: str, steps: int, learning_rate: float, log_eve
     for step in range(1, steps + 1):
         for group in opt.param_groups:
             group["lr"] = learning_rate * lr_scale(step, steps)
-        loss = model(**{k: v.to(device) for k, v in batch(step).items()}).loss
+        loss = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch(step).items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -9,10 +9,11 @@ The final model (LoRA merged, with processor, tokenizer and chat template, so vL
 is published as ``<out>/final/``. Metrics go to the step's MLflow run every logging step.
 
 For a model trained from scratch (the tiny profile) the step also builds the base model from the
-dataset it trains on (tokenizer on the data's own text; :func:`base_model_for`), copy-pretrains it
-(:mod:`components.sft.pretrain`) and visually pretrains it on freshly drawn search-free images
-(:mod:`components.sft.visual`), publishes it as ``<out>/base/`` (the evaluation's base row),
-trains the vision tower too (``sft.train_vision``) and swaps each row's names afresh on every
+dataset it trains on (tokenizer on the data's own text; :func:`base_model_for`), pretrains its vision
+tower (:mod:`components.sft.vision`), copy-pretrains it (:mod:`components.sft.pretrain`) and teaches
+it to read the tower on freshly drawn search-free images (:mod:`components.sft.visual`), publishes it
+as ``<out>/base/`` (the evaluation's base row), trains the vision tower in SFT only if
+``sft.train_vision`` (the tiny profile keeps its pretrained tower) and swaps each row's names afresh on every
 access (``sft.counterfactual_share``, :mod:`components.sft.counterfactual`); the search-free picture
 rows get a fresh image each access instead (``sft.redraw_visual``). Rows longer than
 ``sft.max_length`` are dropped and counted (``sft.dropped_too_long`` in MLflow), never truncated.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import random
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -60,7 +62,8 @@ from components.common.training import check_master_precision
 from components.sft.config import lora_config, sft_config
 from components.sft.data import prepare_rows, tokenizer_corpus
 from components.sft.pretrain import CopyPretrainConfig, copy_pretrain
-from components.sft.visual import VisualPretrainConfig, VisualRow, visual_pretrain
+from components.sft.vision import VisionPretrainConfig, vision_pretrain
+from components.sft.visual import VisualPretrainConfig, VisualRow, redraw, visual_pretrain
 
 log = logging.getLogger(__name__)
 FINAL = "final"
@@ -125,10 +128,17 @@ def base_model_for(settings: Settings, model: str, dataset, work: Path) -> str:
 
 
 def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) -> str:
-    """Pretrain the from-scratch base: copy pretraining (:mod:`components.sft.pretrain`, text only),
-    then visual pretraining (:mod:`components.sft.visual`, fresh search-free images); save to ``out``."""
+    """Pretrain the from-scratch base: the vision tower (:mod:`components.sft.vision`, classifiers on
+    fresh search-free images), copy pretraining (:mod:`components.sft.pretrain`, text only), then
+    visual pretraining (:mod:`components.sft.visual`, the answer loss on fresh images); save to ``out``."""
     s = settings.sft
     model, processor = load_model_and_processor(model_path, settings.model)
+    if s.vision_pretrain_steps:
+        seen = vision_pretrain(model, processor, VisionPretrainConfig(
+            steps=s.vision_pretrain_steps, batch_size=s.vision_pretrain_batch_size,
+            learning_rate=s.vision_pretrain_learning_rate, seed=s.seed),
+            on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
+        run.log_metrics({f"sft.vision_acc_{k}": v for k, v in seen.items()})
     if s.copy_pretrain_steps:
         config = CopyPretrainConfig(steps=s.copy_pretrain_steps, batch_size=s.copy_pretrain_batch_size,
                                     learning_rate=s.copy_pretrain_learning_rate,
@@ -137,13 +147,21 @@ def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) 
         copy_pretrain(model, processor, dataset["messages"], config,
                       on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
     if s.visual_pretrain_steps:
+        if not s.train_vision:  # a pretrained tower stays as it is; the language model learns to read it
+            freeze_vision(model)
         rows = [VisualRow(m, q, c, a) for m, q, c, a in zip(dataset["messages"], dataset["question"],
                                                             dataset["category"], dataset["final_answer"],
                                                             strict=True)]
-        visual_pretrain(model, processor, rows,
-                        VisualPretrainConfig(steps=s.visual_pretrain_steps, batch_size=s.visual_pretrain_batch_size,
-                                             learning_rate=s.visual_pretrain_learning_rate, seed=s.seed),
-                        on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
+        if any(redraw(r, random.Random(0)) is not None for r in rows):
+            visual_pretrain(model, processor, rows,
+                            VisualPretrainConfig(steps=s.visual_pretrain_steps,
+                                                 batch_size=s.visual_pretrain_batch_size,
+                                                 learning_rate=s.visual_pretrain_learning_rate, seed=s.seed),
+                            on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
+        else:  # a small run's dataset may hold no picture question: nothing to learn the readout from
+            log.warning("visual pretraining skipped: the dataset's %d rows hold no search-free picture question "
+                        "(category visual/...)", len(rows))
+            run.log_metrics({"sft.visual_pretrain_skipped": 1.0})
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return str(out)
@@ -173,7 +191,8 @@ def run_sft(settings: Settings, data_uri: str, model: str, out_uri: str,
             given = model
             model = base_model_for(settings, model, dataset, work)
             if not given and model == str(work / "base"):  # built here from scratch
-                if settings.sft.copy_pretrain_steps or settings.sft.visual_pretrain_steps:
+                s = settings.sft
+                if s.vision_pretrain_steps or s.copy_pretrain_steps or s.visual_pretrain_steps:
                     model = pretrain_base(settings, model, dataset, work / "pretrained", run)
                 publish_dir(store, Path(model), out_uri, version=BASE,
                             metadata={"kind": "base_model", "data_uri": data.uri, "built": "from scratch"})

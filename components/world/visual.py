@@ -29,6 +29,7 @@ _POS_ALIASES = {"left": ["left", "on the left", "the left side", "left side"],
                 "top": ["top", "at the top", "the top", "upper part"],
                 "bottom": ["bottom", "at the bottom", "the bottom", "lower part"],
                 "center": ["center", "in the center", "centre", "in the middle", "middle"]}
+POSITIONS = tuple(_POS_ALIASES)
 _SIDE = 256
 
 

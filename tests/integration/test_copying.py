@@ -58,7 +58,11 @@ def trained(tmp_path_factory):
         settings = Settings(profile="tiny", tools={"url": url, "token": TOKEN},
                             storage={"root": str(root / "store")},
                             tracking={"uri": f"sqlite:///{root / 'mlflow.db'}"},
-                            sft={"epochs": 2}, evaluate={"limit": N_EVAL, "out_dir": str(root / "eval")},
+                            # copying is what this test is about: the vision stages (components/sft/vision.py,
+                            # the visual readout) are off and the tower trains as before they existed
+                            sft={"epochs": 2, "vision_pretrain_steps": 0, "visual_pretrain_steps": 0,
+                                 "train_vision": True},
+                            evaluate={"limit": N_EVAL, "out_dir": str(root / "eval")},
                             model={"name_or_path": str(root / "no-model-yet")})
         data = run_datagen(settings, root / "world" / "vqa" / "train", "oracle", N_ROWS, root / "datagen")
         sft = run_sft(settings, data.dataset_uri, "", open_store(settings).uri("checkpoints", "copy-sft"),

@@ -19,7 +19,8 @@ DMMS = str(Path(sys.executable).parent / "dmms")
 
 
 def test_dmms_run_smoke_end_to_end(tmp_path):
-    env = {**os.environ, "DMMS_SFT__COPY_PRETRAIN_STEPS": "5", "DMMS_GRPO__MAX_STEPS": "2"}  # the mechanism, not the recipe
+    env = {**os.environ, "DMMS_SFT__COPY_PRETRAIN_STEPS": "5", "DMMS_SFT__VISION_PRETRAIN_STEPS": "5",
+           "DMMS_SFT__VISUAL_PRETRAIN_STEPS": "5", "DMMS_GRPO__MAX_STEPS": "2"}  # the mechanism, not the recipe
     out = subprocess.run([DMMS, "run", "--pipeline", "smoke", "--param", "n_entities=20", "--param", "datagen_n=4",
                           "--param", "eval_limit=2", "--param", "modes=direct,rag,agent"], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-4000:]

@@ -29,6 +29,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from components.agent.frame import Frame, stated_size
 from components.agent.generators.scripted import ScriptedGenerator
 from components.agent.tiny import build_tiny_model
 from components.common.settings import Settings
@@ -119,6 +120,9 @@ def test_rollout_func_multi_turn_prompt_ids_env_mask_and_rewards(toolserver, wor
     assert len(out["completion_ids"]) == 4
     for row, prompt, ids, traj in zip(rows, prompts, out["prompt_ids"], trajs, strict=True):
         assert traj.question == row["question"]
+        # the dataset's prompt states the frame the policy's processor shows the image in (prompt t2)
+        frame = Frame.for_model(row["images"][0].size, trainer.processing_class, settings.model.max_pixels)
+        assert stated_size(row["prompt"][1]["content"]) == frame.size
         text = apply_chat_template({"prompt": prompt}, processor)["prompt"]
         want = processor(images=[row["images"]], text=[text], return_tensors="pt")["input_ids"][0].tolist()
         assert ids == want
