@@ -26,9 +26,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from components.search.grounding import BOX_TEXT
+
 QWEN_FACTOR = 28  # patch 14 x spatial merge 2
 QWEN_MIN_PIXELS = 56 * 56  # Qwen2.5-VL's processor default
-_BOX = re.compile(r"^\s*[\[(]?\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*[\])]?\s*$")
 SIZE_LINE = re.compile(r"Image size: (\d+) ?x ?(\d+) pixels\.")
 
 
@@ -97,8 +98,11 @@ def parse_box(region: Any) -> list[float] | None:
         except (TypeError, ValueError):
             return None
     if isinstance(region, str):
-        m = _BOX.match(region)
-        return [float(v) for v in m.groups()] if m else None
+        m = BOX_TEXT.match(region)  # the tool-server's own reading of a box written as text
+        try:
+            return [float(v) for v in m.group(1).split(",")] if m else None
+        except ValueError:  # "1.2.3": the server refuses it (422); nothing to rescale
+            return None
     return None
 
 

@@ -245,24 +245,23 @@ def _answer(reason: str, answer: str) -> Action:
     return Action(kind=ActionKind.ANSWER, reason=reason, answer=answer)
 
 
-def _question_of(messages: list[dict[str, Any]]) -> str | None:
+def _first_user_text(messages: list[dict[str, Any]]) -> str | None:
     first = next((m for m in messages if m["role"] == "user"), None)
     if first is None:
         return None
     content = first["content"]
-    text = content if isinstance(content, str) else "".join(c.get("text", "") for c in content
-                                                             if c.get("type") == "text")
-    m = _QUESTION.search(text)
+    return content if isinstance(content, str) else "".join(c.get("text", "") for c in content
+                                                            if c.get("type") == "text")
+
+
+def _question_of(messages: list[dict[str, Any]]) -> str | None:
+    m = _QUESTION.search(_first_user_text(messages) or "")
     return m.group(1).strip() if m else None
 
 
 def _frame(messages: list[dict[str, Any]], image: Image.Image) -> Frame | None:
     """The frame the conversation's first user turn states (prompt versions v2/t2), as a model reads it."""
-    first = next((m for m in messages if m["role"] == "user"), None)
-    content = first["content"] if first is not None else ""
-    text = content if isinstance(content, str) else "".join(c.get("text", "") for c in content
-                                                             if c.get("type") == "text")
-    size = stated_size(text)
+    size = stated_size(_first_user_text(messages) or "")
     return Frame(width=size[0], height=size[1], original=image.size) if size else None
 
 

@@ -34,7 +34,8 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 MIN_SIDE = 4  # pixels: a smaller crop carries nothing to search with
-_BOX_TEXT = re.compile(r"^\s*[\[(]?\s*(-?[\d.]+(?:\s*,\s*-?[\d.]+){3})\s*[\])]?\s*$")
+# a box written as text: "[10, 20, 200, 180]", "(10,20,200,180)" (also read by components/agent/frame.py)
+BOX_TEXT = re.compile(r"^\s*[\[(]?\s*(-?[\d.]+(?:\s*,\s*-?[\d.]+){3})\s*[\])]?\s*$")
 _WORD = re.compile(r"[a-z]+")
 _H = {"left": "left", "leftmost": "left", "right": "right", "rightmost": "right"}
 _V = {"top": "top", "upper": "top", "topmost": "top", "above": "top",
@@ -74,8 +75,8 @@ def resolve_box(size: tuple[int, int], region: Any, *, image: Image.Image | None
     if not isinstance(region, str) or not region.strip():
         raise GroundingError(f"region must be a box or a phrase, got {type(region).__name__}: {HELP}")
     text = region.strip()
-    if _BOX_TEXT.match(text):
-        return clamp_box(size, json.loads("[" + _BOX_TEXT.match(text).group(1) + "]"))
+    if BOX_TEXT.match(text):
+        return clamp_box(size, json.loads("[" + BOX_TEXT.match(text).group(1) + "]"))
     spatial = spatial_box(size, text)
     if grounder is not None and (spatial is None or _has_object_words(text)):
         found = _grounded(size, text, image, grounder, spatial)
@@ -90,7 +91,7 @@ def resolve_box(size: tuple[int, int], region: Any, *, image: Image.Image | None
 
 def needs_grounder(region: Any) -> bool:
     """True for a referring expression only a grounding model can place (no box, no spatial word)."""
-    if not isinstance(region, str) or not region.strip() or _BOX_TEXT.match(region.strip()):
+    if not isinstance(region, str) or not region.strip() or BOX_TEXT.match(region.strip()):
         return False
     return _spatial_words(region) == (None, None, False)
 
