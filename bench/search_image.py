@@ -205,7 +205,7 @@ def main() -> None:
         metric="recall_at_1_mean_over_transforms", ours=mean["ours"], baseline=mean["base"],
         baseline_name="8x8 average-hash nearest neighbour",
         details={"ours": ours, "baseline": base, "index_build_s": round(build_s, 2),
-                 "windows": int(index.vectors.shape[0])},
+                 "windows": index.windows},
     )
 
 

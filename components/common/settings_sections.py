@@ -170,6 +170,14 @@ class ToolsSettings(_Section):
         "grid", description="Local image-index features: grid (CPU, no weights) or clip (GPU).")
     image_embedder_path: str | None = Field(
         None, description="Local CLIP checkpoint folder, required when image_embedder=clip.")
+    image_ann: Literal["auto", "on", "off"] = Field(
+        "auto", description="Approximate nearest-neighbour candidates in the local image index (FAISS IVF, "
+        "8-bit codes): auto builds it from 500,000 windows (~4,600 images) on, where brute force gets slow; "
+        "on/off force it. Read when the index is built (`dmms index build`) and when it is loaded (off: "
+        "brute force even where one was built).")
+    image_ann_nprobe: int = Field(
+        32, ge=1, le=4096, description="Cells of the image ANN index probed per query: more is slower and "
+        "closer to brute force (bench/search_image_scale measures both at 100k images).")
     summariser: LLMEndpointSettings = Field(default_factory=LLMEndpointSettings)
     cache_prefix: str = Field(
         "dmms:", description="Key prefix in a shared Redis cache (one per deployment or test run)."

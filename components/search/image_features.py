@@ -74,27 +74,65 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 class GridEmbedder:
     """The handmade descriptor (grey layout + colour grid); CPU, no weights."""
 
-    name = "grid-v1"
+    name = "grid-v2"  # v2: box means from summed-area tables (v1: one PIL resize a box)
     dim = GRID * GRID + COLOUR_GRID * COLOUR_GRID * 3
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         return describe_boxes_many([(work_image(im), [(0.0, 0.0, 1.0, 1.0)]) for im in images])
 
 
+def box_means(sat: np.ndarray, boxes: np.ndarray, n: int) -> np.ndarray:
+    """Area-weighted mean of each cell of an ``n x n`` grid over each box, from a summed-area table.
+
+    ``sat`` is :func:`summed_area` of an ``(h, w)`` or ``(h, w, c)`` image; ``boxes`` ``(B, 4)`` in
+    pixels (fractional edges allowed). The integral of a piecewise-constant image is bilinear inside
+    each pixel, so bilinear interpolation of the table gives the exact area integral — what PIL's
+    BOX resampling of ``box`` computes, for all boxes in a few array operations instead of one resize
+    each (~25x faster building and querying). Returns ``(B, n, n)`` or ``(B, n, n, c)``.
+    """
+    h, w = sat.shape[0] - 1, sat.shape[1] - 1
+    t = np.linspace(0.0, 1.0, n + 1)
+    xs = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * t  # (B, n+1) cell edges
+    ys = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * t
+    xs, ys = np.clip(xs, 0, w), np.clip(ys, 0, h)
+    ix, iy = np.minimum(xs.astype(np.int64), w - 1), np.minimum(ys.astype(np.int64), h - 1)
+    fx, fy = xs - ix, ys - iy
+    if sat.ndim == 3:
+        fx, fy = fx[..., None], fy[..., None]
+    # table at every (edge y, edge x) of every box: (B, n+1, n+1[, c])
+    y0, y1, x0, x1 = iy[:, :, None], iy[:, :, None] + 1, ix[:, None, :], ix[:, None, :] + 1
+    wx, wy = fx[:, None, :], fy[:, :, None]
+    top = sat[y0, x0] * (1 - wx) + sat[y0, x1] * wx
+    bottom = sat[y1, x0] * (1 - wx) + sat[y1, x1] * wx
+    table = top * (1 - wy) + bottom * wy
+    sums = table[:, 1:, 1:] - table[:, :-1, 1:] - table[:, 1:, :-1] + table[:, :-1, :-1]
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (n * n)).reshape(-1, *([1] * (sums.ndim - 1)))
+    return sums / np.maximum(area, 1e-9)
+
+
+def summed_area(a: np.ndarray) -> np.ndarray:
+    """Summed-area table with a leading zero row and column: ``sat[y, x] = a[:y, :x].sum()``. 8-bit
+    images sum exactly in int32 (up to 8M pixels; 8x faster than float64), anything else in float64."""
+    a = np.asarray(a)
+    exact = a.dtype == np.uint8 and a.shape[0] * a.shape[1] <= 8_000_000
+    dtype = np.int32 if exact else np.float64
+    sat = np.zeros((a.shape[0] + 1, a.shape[1] + 1, *a.shape[2:]), dtype)
+    sat[1:, 1:] = a.cumsum(0, dtype=dtype).cumsum(1, dtype=dtype)
+    return sat
+
+
+def _pixel_boxes(img_size: tuple[int, int], boxes: Sequence[Box]) -> np.ndarray:
+    w, h = img_size
+    return np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([w, h, w, h], np.float64)
+
+
 def describe_boxes(img: Image.Image, boxes: Sequence[Box]) -> np.ndarray:
     """Grid descriptors of ``boxes`` (fractions) of an RGB work image: ``(len(boxes), dim)``."""
-    w, h = img.size
-    grey = img.convert("L")
-    grey_rows = np.empty((len(boxes), GRID * GRID), np.float32)
-    colour_rows = np.empty((len(boxes), COLOUR_GRID * COLOUR_GRID * 3), np.float32)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        px = (x0 * w, y0 * h, x1 * w, y1 * h)
-        g = grey.resize((GRID, GRID), Image.Resampling.BOX, box=px)
-        c = img.resize((COLOUR_GRID, COLOUR_GRID), Image.Resampling.BOX, box=px)
-        grey_rows[i] = np.asarray(g, np.float32).ravel()
-        colour_rows[i] = np.asarray(c, np.float32).ravel()
-    grey_rows -= grey_rows.mean(axis=1, keepdims=True)
-    colour_rows -= 128.0  # absolute colour: centred on mid-grey, not on the window's own mean
+    px = _pixel_boxes(img.size, boxes)
+    grey_rows = box_means(summed_area(np.asarray(img.convert("L"))), px, GRID).reshape(len(px), -1)
+    colour_rows = box_means(summed_area(np.asarray(img.convert("RGB"))), px, COLOUR_GRID).reshape(len(px), -1)
+    grey_rows = grey_rows - grey_rows.mean(axis=1, keepdims=True)
+    colour_rows = colour_rows - 128.0  # absolute colour: centred on mid-grey, not on the window's own mean
     return np.hstack([_unit(grey_rows) * np.sqrt(GREY_WEIGHT),
                       _unit(colour_rows) * np.sqrt(1 - GREY_WEIGHT)]).astype(np.float32)
 
@@ -143,14 +181,18 @@ def query_boxes(img: Image.Image) -> list[Box]:
     return [(0.0, 0.0, 1.0, 1.0)] + ([trimmed] if trimmed is not None else [])
 
 
+def verify_thumbs(grey_sat: np.ndarray, size: tuple[int, int], boxes: Sequence[Box]) -> np.ndarray:
+    """Mean-removed, unit-norm ``VERIFY x VERIFY`` grey thumbnails of ``boxes`` of a work image whose
+    grey summed-area table is ``grey_sat`` (:func:`summed_area`): ``(len(boxes), VERIFY*VERIFY)``."""
+    g = box_means(grey_sat, _pixel_boxes(size, boxes), VERIFY).reshape(len(boxes), -1)
+    g = g - g.mean(axis=1, keepdims=True)
+    return (g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+
+
 def verify_thumb(img: Image.Image, box: Box) -> np.ndarray:
-    """Mean-removed, unit-norm ``VERIFY x VERIFY`` grey thumbnail of ``box`` of a work image."""
-    w, h = img.size
-    px = (box[0] * w, box[1] * h, box[2] * w, box[3] * h)
-    grey = img if img.mode == "L" else img.convert("L")  # no copy per box of an image already grey
-    g = np.asarray(grey.resize((VERIFY, VERIFY), Image.Resampling.BOX, box=px), np.float32)
-    g = g.ravel() - g.mean()
-    return g / max(float(np.linalg.norm(g)), 1e-6)
+    """One :func:`verify_thumbs` thumbnail of ``box`` of a work image (RGB or grey)."""
+    grey = img if img.mode == "L" else img.convert("L")
+    return verify_thumbs(summed_area(np.asarray(grey)), grey.size, [box])[0]
 
 
 def verify_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:

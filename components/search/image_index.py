@@ -3,18 +3,22 @@
 Why: the offline world and on-prem deployments have no web image search; the agent's
 ``<img_search>`` still has to find which corpus page an image (or a crop of it) comes from.
 
-How: every corpus image is described by ~110 windows (whole, border-trimmed, multi-scale grid; see
-:mod:`components.search.image_features`), stored as one float32 matrix. A query is described by
-its whole image and its border-trimmed content; one matrix product scores every window, the best
-window of each image is its coarse score, and the top candidates are re-ranked by normalised
-cross-correlation of a sharper thumbnail of the matched window (near-duplicates differ there).
+How: every corpus image is described by ~108 windows (whole, border-trimmed, multi-scale grid; see
+:mod:`components.search.image_features`), stored as float32 shards of at most ``SHARD_WINDOWS``
+rows (whole images per shard). A query is described by its whole image and its border-trimmed
+content. Candidates: brute force (one matrix product per shard, the best window of each image is its
+coarse score) for small indexes, or the FAISS IVF index of :mod:`components.search.image_ann` once
+there are ``ANN_MIN_WINDOWS`` windows (~4,600 images) or ``tools.image_ann=on``. Either way the
+candidates' windows are then scored exactly, and re-ranked by normalised cross-correlation of a
+sharper thumbnail of the matched window (near-duplicates differ there).
 
-On disk (``out_dir``): ``meta.json`` (embedder, dim, counts), ``records.json`` (image rows),
-``vectors.npy``, ``boxes.npy``, ``starts.npy`` (first window of each image), ``grey.npy`` +
-``sizes.npy`` (grey work images for verification). The folder is written to a temporary sibling
-and renamed, so a crash never leaves a half-written index. Loaded arrays are read-only memory maps,
-so one :class:`ImageIndex` is safely shared by every request thread, and the pages by every worker
-process of the tool-server.
+On disk (``out_dir``): ``meta.json`` (embedder, dim, counts, ANN parameters), ``records.json`` (image
+rows), ``vectors-NNNNN.npy`` (window descriptors), ``boxes.npy``, ``starts.npy`` (first window of each
+image), ``grey.npy`` + ``sizes.npy`` (grey work images for verification), ``ann.faiss`` when built.
+The folder is written to a temporary sibling and renamed, so a crash never leaves a half-written
+index; building streams (one shard of vectors in memory, the grey images straight to a memory map)
+and describes images in ``workers`` processes. Loaded arrays are read-only memory maps, so one
+:class:`ImageIndex` is safely shared by every request thread, and the pages by every worker process.
 
     idx = ImageIndex.build(Path("corpus"), Path("index/image"))
     idx = ImageIndex.load(Path("index/image")); idx.search(PIL.Image.open("q.jpg"), top_k=5)
@@ -24,6 +28,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +40,18 @@ from tqdm import tqdm
 
 from components.common.atomic import staged_dir
 from components.search import image_features as F
+from components.search.image_ann import WindowANN
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 VERIFY_CANDIDATES = 12
 VERIFY_WEIGHT = 0.5
 REFINE_SHIFT = 0.035  # fraction of the image side: about half the window grid step
+SHARD_WINDOWS = 1 << 18  # ~200 MB of float32 descriptors a shard: the most a build holds in memory
+ANN_MIN_WINDOWS = 500_000  # below this brute force is fast (~5 ms at 64k windows) and exact
+ANN_WINDOWS = 512  # windows the ANN returns per query descriptor; they name the candidate images
+PARALLEL_MIN_IMAGES = 2000  # below this a process pool costs more than it saves
 
 
 class ImageIndexError(ValueError):
@@ -79,61 +91,98 @@ def _grey_pad(img: Image.Image) -> np.ndarray:
 class ImageIndex:
     """Read-only multi-window image index; ``search`` is safe to call from many threads."""
 
-    def __init__(self, records: list[dict[str, Any]], vectors: np.ndarray, boxes: np.ndarray,
+    def __init__(self, records: list[dict[str, Any]], shards: Sequence[np.ndarray], boxes: np.ndarray,
                  starts: np.ndarray, grey: np.ndarray, sizes: np.ndarray,
-                 embedder: F.ImageEmbedder | None = None) -> None:
+                 embedder: F.ImageEmbedder | None = None, ann: WindowANN | None = None) -> None:
         self.records = records
         self.ids = [r["id"] for r in records]
         self.by_id = {r["id"]: r for r in records}
         self.embedder = embedder or F.GridEmbedder()
-        self.vectors, self.boxes, self.starts = vectors, boxes, starts
-        self.grey, self.sizes = grey, sizes
-        for arr in (vectors, boxes, starts, grey, sizes):
+        self.shards, self.boxes, self.starts = list(shards), boxes, starts
+        self.grey, self.sizes, self.ann = grey, sizes, ann
+        for arr in (*self.shards, boxes, starts, grey, sizes):
             arr.setflags(write=False)
+        self.shard_starts = np.cumsum([0] + [len(s) for s in self.shards])  # first window of each shard
+        self.windows = int(self.shard_starts[-1])
+        self.ends = np.append(starts[1:], self.windows)
+        # the images of each shard: shard k holds images [image_cut[k], image_cut[k+1])
+        self.image_cut = np.searchsorted(starts, self.shard_starts)
 
     def __len__(self) -> int:
         return len(self.records)
 
     # ---- build -------------------------------------------------------------------------------
     @classmethod
-    def build(cls, corpus_dir: Path, out_dir: Path, embedder: F.ImageEmbedder | None = None) -> ImageIndex:
-        """Index every image of ``corpus_dir/images.jsonl`` and write the index to ``out_dir``."""
+    def build(cls, corpus_dir: Path, out_dir: Path, embedder: F.ImageEmbedder | None = None,
+              ann: bool | None = None, nprobe: int = 32, workers: int | None = None) -> ImageIndex:
+        """Index every image of ``corpus_dir/images.jsonl`` into ``out_dir``. ``ann``: build the FAISS
+        index (None: when there are ``ANN_MIN_WINDOWS`` windows or more); ``workers``: describing
+        processes for the grid embedder (None: one per CPU for corpora of ``PARALLEL_MIN_IMAGES``+)."""
         corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
         embedder = embedder or F.GridEmbedder()
         rows = read_image_rows(corpus_dir)
         if not rows:
             raise ImageIndexError(f"{corpus_dir / 'images.jsonl'} lists no images")
-        vecs, boxes, starts, grey, sizes = [], [], [], [], []
-        total = 0
-        for row in tqdm(rows, desc="image index", unit="img", disable=len(rows) < 500):
-            work = _open(corpus_dir / row["path"], row["id"])
-            wb = F.window_boxes(work)
-            vecs.append(_embed_boxes(embedder, work, wb))
-            boxes.append(np.asarray(wb, np.float32))
-            starts.append(total)
-            total += len(wb)
-            grey.append(_grey_pad(work))
-            sizes.append(work.size)
-        index = cls(rows, np.vstack(vecs).astype(np.float32), np.vstack(boxes),
-                    np.asarray(starts, np.int64), np.stack(grey), np.asarray(sizes, np.int32), embedder)
-        index.save(out_dir)
-        log.info("image index: %d images, %d windows, embedder %s -> %s",
-                 len(rows), total, embedder.name, out_dir)
-        return index
+        with staged_dir(out_dir) as tmp:
+            grey = np.lib.format.open_memmap(tmp / "grey.npy", mode="w+", dtype=np.uint8,
+                                             shape=(len(rows), F.WORK_SIDE, F.WORK_SIDE))
+            boxes, starts, sizes, pending, shards = [], [], [], [], []
+            total = pending_windows = 0
+            described = _describe_all(corpus_dir, rows, embedder, workers)
+            for i, (vecs, wb, g, size) in enumerate(tqdm(described, total=len(rows), desc="image index",
+                                                         unit="img", disable=len(rows) < 500)):
+                if pending_windows + len(wb) > SHARD_WINDOWS and pending:  # shards hold whole images
+                    shards.append(_write_shard(tmp, len(shards), pending))
+                    pending, pending_windows = [], 0
+                pending.append(vecs)
+                pending_windows += len(wb)
+                boxes.append(np.asarray(wb, np.float32))
+                starts.append(total)
+                total += len(wb)
+                grey[i] = g
+                sizes.append(size)
+            shards.append(_write_shard(tmp, len(shards), pending))
+            grey.flush()
+            del grey
+            for name, arr in (("boxes", np.vstack(boxes)), ("starts", np.asarray(starts, np.int64)),
+                              ("sizes", np.asarray(sizes, np.int32))):
+                np.save(tmp / f"{name}.npy", arr)
+            (tmp / "records.json").write_text(json.dumps(rows, ensure_ascii=False))
+            use_ann = total >= ANN_MIN_WINDOWS if ann is None else ann
+            meta = {"format": FORMAT_VERSION, "embedder": embedder.name, "dim": embedder.dim, "images": len(rows),
+                    "windows": total, "shards": len(shards), "ann": None}
+            if use_ann:
+                vectors = [np.load(tmp / name, mmap_mode="r") for name in shards]
+                index = WindowANN.build(vectors, embedder.dim, nprobe=nprobe)
+                index.save(tmp / "ann.faiss")
+                meta["ann"] = {"kind": "faiss IVF SQ8 inner product", "nlist": index.nlist, "vectors": len(index)}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        log.info("image index: %d images, %d windows in %d shard(s)%s, embedder %s -> %s", len(rows), total,
+                 len(shards), f", ANN with {meta['ann']['nlist']} cells" if meta["ann"] else "", embedder.name,
+                 out_dir)
+        return cls.load(out_dir, embedder, nprobe=nprobe)
 
     def save(self, out_dir: Path) -> None:
+        """Write this index to ``out_dir`` (a copy of a loaded one), staged like :meth:`build`."""
         with staged_dir(Path(out_dir)) as tmp:
-            for name in ("vectors", "boxes", "starts", "grey", "sizes"):
+            names = [_write_shard(tmp, k, [shard]) for k, shard in enumerate(self.shards)]
+            for name in ("boxes", "starts", "grey", "sizes"):
                 np.save(tmp / f"{name}.npy", getattr(self, name))
             (tmp / "records.json").write_text(json.dumps(self.records, ensure_ascii=False))
             meta = {"format": FORMAT_VERSION, "embedder": self.embedder.name, "dim": self.embedder.dim,
-                    "images": len(self.records), "windows": int(self.vectors.shape[0])}
+                    "images": len(self.records), "windows": self.windows, "shards": len(names), "ann": None}
+            if self.ann is not None:
+                self.ann.save(tmp / "ann.faiss")
+                meta["ann"] = {"kind": "faiss IVF SQ8 inner product", "nlist": self.ann.nlist,
+                               "vectors": len(self.ann)}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
     # ---- load --------------------------------------------------------------------------------
     @classmethod
-    def load(cls, index_dir: Path, embedder: F.ImageEmbedder | None = None) -> ImageIndex:
-        """Load an index folder written by :meth:`build`; the embedder must match the one used."""
+    def load(cls, index_dir: Path, embedder: F.ImageEmbedder | None = None, ann: bool = True,
+             nprobe: int = 32) -> ImageIndex:
+        """Load an index folder written by :meth:`build`; the embedder must match the one used.
+        ``ann=False`` ignores a built ANN index (brute force, exact)."""
         index_dir = Path(index_dir)
         meta_path = index_dir / "meta.json"
         if not meta_path.is_file():
@@ -144,46 +193,118 @@ class ImageIndex:
             raise ImageIndexError(
                 f"{index_dir} was built with embedder {meta.get('embedder')!r} (format {meta.get('format')}),"
                 f" but {embedder.name!r} (format {FORMAT_VERSION}) is configured: rebuild the index")
-        names = ("vectors", "boxes", "starts", "grey", "sizes")
         # memory-mapped: the tool-server's worker processes share these pages instead of each a copy
-        arrays = {n: np.load(index_dir / f"{n}.npy", mmap_mode="r") for n in names}
+        arrays = {n: np.load(index_dir / f"{n}.npy", mmap_mode="r") for n in ("boxes", "starts", "grey", "sizes")}
+        shards = [np.load(index_dir / f"vectors-{k:05d}.npy", mmap_mode="r") for k in range(meta["shards"])]
         records = json.loads((index_dir / "records.json").read_text())
-        return cls(records, embedder=embedder, **arrays)
+        index = None
+        if ann and meta.get("ann"):
+            index = WindowANN.load(index_dir / "ann.faiss", nprobe=nprobe)
+        return cls(records, shards, embedder=embedder, ann=index, **arrays)
 
     # ---- search ------------------------------------------------------------------------------
-    def search(self, image: Image.Image, top_k: int) -> list[tuple[str, float]]:
-        """``(image_id, score)`` of the ``top_k`` most similar corpus images, best first."""
-        if top_k <= 0 or not self.records:
-            return []
-        work = F.work_image(image)
-        qboxes = F.query_boxes(work)
-        q = _embed_boxes(self.embedder, work, qboxes)  # (nq, dim)
-        window_scores = self.vectors @ q.T  # (windows, nq)
-        best_q = window_scores.argmax(axis=1)
-        flat = window_scores[np.arange(len(best_q)), best_q]
-        per_image = np.maximum.reduceat(flat, self.starts)
-        n_cand = min(len(per_image), max(top_k, VERIFY_CANDIDATES))
-        cand = np.argpartition(-per_image, n_cand - 1)[:n_cand]
-        final = self._verify(work, qboxes, cand, flat, best_q, per_image)
-        order = np.lexsort((cand, -final))[:top_k]  # ties: earlier corpus row first (deterministic)
-        return [(self.ids[cand[i]], float(final[i])) for i in order]
+    def search(self, image: Image.Image, top_k: int, exact: bool = False) -> list[tuple[str, float]]:
+        """``(image_id, score)`` of the ``top_k`` most similar corpus images, best first. ``exact``
+        picks candidates by brute force even when an ANN index is loaded (the benchmark's baseline)."""
+        return self.search_many([image], top_k, exact=exact)[0]
 
-    def _verify(self, work: Image.Image, qboxes: list[F.Box], cand: np.ndarray, flat: np.ndarray,
-                best_q: np.ndarray, per_image: np.ndarray) -> np.ndarray:
-        """Blend each candidate's coarse score with the NCC of its best window's sharper thumbnail."""
-        grey_query = work.convert("L")
-        qthumbs = [F.verify_thumb(grey_query, b) for b in qboxes]
-        ends = np.append(self.starts[1:], len(flat))
+    def search_many(self, images: Sequence[Image.Image], top_k: int,
+                    exact: bool = False) -> list[list[tuple[str, float]]]:
+        """:meth:`search` for several queries at once: one pass over the shards (or one ANN call)."""
+        if top_k <= 0 or not self.records or not images:
+            return [[] for _ in images]
+        works = [F.work_image(im) for im in images]
+        qboxes = [F.query_boxes(w) for w in works]
+        qs = [_embed_boxes(self.embedder, w, b) for w, b in zip(works, qboxes, strict=True)]  # (nq, dim) each
+        n_cand = min(len(self.records), max(top_k, VERIFY_CANDIDATES))
+        if self.ann is not None and not exact:
+            cands = self._ann_candidates(qs, n_cand)
+        else:
+            cands = self._exact_candidates(qs, n_cand)
+        out = []
+        for work, boxes, q, cand in zip(works, qboxes, qs, cands, strict=True):
+            final = self._verify(work, boxes, q, cand)
+            order = np.lexsort((cand, -final))[:top_k]  # ties: earlier corpus row first (deterministic)
+            out.append([(self.ids[cand[i]], float(final[i])) for i in order])
+        return out
+
+    def _exact_candidates(self, qs: list[np.ndarray], n_cand: int) -> list[np.ndarray]:
+        """Brute force: every window scored, each image's best window is its score, top ``n_cand``."""
+        stacked = np.vstack(qs)
+        col_starts = np.cumsum([0] + [len(q) for q in qs[:-1]])
+        per_image = np.empty((len(self.records), len(qs)), np.float32)
+        for k, shard in enumerate(self.shards):
+            lo, hi = self.image_cut[k], self.image_cut[k + 1]
+            if lo == hi:
+                continue
+            scores = np.maximum.reduceat(shard @ stacked.T, col_starts, axis=1)  # (windows, queries)
+            local = self.starts[lo:hi] - self.shard_starts[k]
+            per_image[lo:hi] = np.maximum.reduceat(scores, local, axis=0)
+        return [np.argpartition(-per_image[:, j], n_cand - 1)[:n_cand] for j in range(len(qs))]
+
+    def _ann_candidates(self, qs: list[np.ndarray], n_cand: int) -> list[np.ndarray]:
+        """The FAISS index's nearest windows of every query descriptor; their best ``n_cand`` images."""
+        scores, ids = self.ann.search(np.vstack(qs), ANN_WINDOWS)
+        out, row = [], 0
+        for q in qs:
+            s, w = scores[row:row + len(q)].ravel(), ids[row:row + len(q)].ravel()
+            row += len(q)
+            s, w = s[w >= 0], w[w >= 0]
+            img = np.searchsorted(self.starts, w, side="right") - 1
+            order = np.argsort(-s, kind="stable")
+            _, first = np.unique(img[order], return_index=True)  # each image's best window
+            best = order[np.sort(first)]  # ... in score order
+            out.append(img[best][:n_cand])
+        return out
+
+    def _image_windows(self, c: int) -> np.ndarray:
+        """The descriptors of image ``c``'s windows (an image never straddles two shards)."""
+        lo, hi = int(self.starts[c]), int(self.ends[c])
+        k = int(np.searchsorted(self.shard_starts, lo, side="right")) - 1
+        return self.shards[k][lo - self.shard_starts[k]:hi - self.shard_starts[k]]
+
+    def _verify(self, work: Image.Image, qboxes: list[F.Box], q: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """Each candidate's exact coarse score (its best window against the best query box), blended
+        with the NCC of that window's sharper thumbnail."""
+        grey_query = np.asarray(work.convert("L"))
+        qthumbs = F.verify_thumbs(F.summed_area(grey_query), work.size, qboxes)
         out = np.empty(len(cand), np.float32)
         for i, c in enumerate(cand):
-            lo, hi = int(self.starts[c]), int(ends[c])
-            w = lo + int(np.argmax(flat[lo:hi]))
+            scores = self._image_windows(int(c)) @ q.T  # (windows of c, nq)
+            wi, qi = np.unravel_index(int(np.argmax(scores)), scores.shape)
             sw, sh = (int(v) for v in self.sizes[c])
-            grey = Image.fromarray(np.ascontiguousarray(self.grey[c, :sh, :sw]))
-            thumbs = np.stack([F.verify_thumb(grey, b) for b in _refined(tuple(self.boxes[w]))])
-            ncc = float((thumbs @ qthumbs[int(best_q[w])]).max())
-            out[i] = (1 - VERIFY_WEIGHT) * per_image[c] + VERIFY_WEIGHT * ncc
+            box = tuple(float(v) for v in self.boxes[int(self.starts[c]) + wi])
+            thumbs = F.verify_thumbs(F.summed_area(self.grey[c, :sh, :sw]), (sw, sh), _refined(box))
+            ncc = float((thumbs @ qthumbs[qi]).max())
+            out[i] = (1 - VERIFY_WEIGHT) * float(scores[wi, qi]) + VERIFY_WEIGHT * ncc
         return out
+
+
+def _write_shard(folder: Path, k: int, parts: list[np.ndarray]) -> str:
+    name = f"vectors-{k:05d}.npy"
+    np.save(folder / name, np.vstack(parts).astype(np.float32, copy=False))
+    return name
+
+
+def _describe(args: tuple[Path, str, F.ImageEmbedder]) -> tuple[np.ndarray, list[F.Box], np.ndarray, tuple[int, int]]:
+    path, image_id, embedder = args
+    work = _open(path, image_id)
+    wb = F.window_boxes(work)
+    return _embed_boxes(embedder, work, wb), wb, _grey_pad(work), work.size
+
+
+def _describe_all(corpus_dir: Path, rows: list[dict[str, Any]], embedder: F.ImageEmbedder,
+                  workers: int | None) -> Iterator[tuple[np.ndarray, list[F.Box], np.ndarray, tuple[int, int]]]:
+    """Every row's (descriptors, windows, grey work image, size), in order; the grid embedder in a
+    process pool for large corpora (a CLIP embedder holds a model: it stays in this process)."""
+    jobs = ((corpus_dir / row["path"], row["id"], embedder) for row in rows)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(rows) >= PARALLEL_MIN_IMAGES else 1
+    if workers <= 1 or not isinstance(embedder, F.GridEmbedder):
+        yield from map(_describe, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_describe, jobs, chunksize=32)
 
 
 def _refined(box: F.Box) -> list[F.Box]:

@@ -176,7 +176,9 @@ def _build_into(corpus_dir: Path, work: Path, corpus: str, settings: Settings) -
         if rows:
             from components.search.image_features import make_embedder
 
-            ImageIndex.build(corpus_dir, work / "image", embedder=make_embedder(settings))
+            t = settings.tools
+            ImageIndex.build(corpus_dir, work / "image", embedder=make_embedder(settings),
+                             ann={"auto": None, "on": True, "off": False}[t.image_ann], nprobe=t.image_ann_nprobe)
             images = len(rows)
     manifest = {"format": FORMAT_VERSION, "corpus": corpus, "docs": text.num_docs, "images": images,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -226,7 +228,8 @@ def load_index(index: str, settings: Settings, cache_dir: Path | None = None) ->
         from components.search.image_features import make_embedder
         from components.search.image_index import ImageIndex
 
-        image = ImageIndex.load(path / "image", embedder=make_embedder(settings))
+        image = ImageIndex.load(path / "image", embedder=make_embedder(settings),
+                                ann=settings.tools.image_ann != "off", nprobe=settings.tools.image_ann_nprobe)
     if (path / "images.jsonl").is_file():
         for line in (path / "images.jsonl").read_text(encoding="utf-8").splitlines():
             if line.strip():
