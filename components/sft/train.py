@@ -129,8 +129,11 @@ def base_model_for(settings: Settings, model: str, dataset, work: Path) -> str:
 
 def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) -> str:
     """Pretrain the from-scratch base: the vision tower (:mod:`components.sft.vision`, classifiers on
-    fresh search-free images), copy pretraining (:mod:`components.sft.pretrain`, text only), then
-    visual pretraining (:mod:`components.sft.visual`, the answer loss on fresh images); save to ``out``."""
+    fresh search-free images), visual pretraining (:mod:`components.sft.visual`, the answer loss on
+    fresh images, the language model learns to read the tower), then copy pretraining
+    (:mod:`components.sft.pretrain`, text only) LAST: the copy circuit forms late (~1,000 steps) and
+    400 high-learning-rate steps of constant answers after it wiped it out (search-required 17 -> 3 %,
+    bench/copy_recipe.md); SFT's redrawn picture rows keep the readout. Save to ``out``."""
     s = settings.sft
     model, processor = load_model_and_processor(model_path, settings.model)
     if s.vision_pretrain_steps:
@@ -139,13 +142,6 @@ def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) 
             learning_rate=s.vision_pretrain_learning_rate, seed=s.seed),
             on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
         run.log_metrics({f"sft.vision_acc_{k}": v for k, v in seen.items()})
-    if s.copy_pretrain_steps:
-        config = CopyPretrainConfig(steps=s.copy_pretrain_steps, batch_size=s.copy_pretrain_batch_size,
-                                    learning_rate=s.copy_pretrain_learning_rate,
-                                    max_tokens=s.copy_pretrain_max_tokens,
-                                    synthetic_share=s.copy_pretrain_synthetic_share, seed=s.seed)
-        copy_pretrain(model, processor, dataset["messages"], config,
-                      on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
     if s.visual_pretrain_steps:
         if not s.train_vision:  # a pretrained tower stays as it is; the language model learns to read it
             freeze_vision(model)
@@ -162,6 +158,13 @@ def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) 
             log.warning("visual pretraining skipped: the dataset's %d rows hold no search-free picture question "
                         "(category visual/...)", len(rows))
             run.log_metrics({"sft.visual_pretrain_skipped": 1.0})
+    if s.copy_pretrain_steps:
+        config = CopyPretrainConfig(steps=s.copy_pretrain_steps, batch_size=s.copy_pretrain_batch_size,
+                                    learning_rate=s.copy_pretrain_learning_rate,
+                                    max_tokens=s.copy_pretrain_max_tokens,
+                                    synthetic_share=s.copy_pretrain_synthetic_share, seed=s.seed)
+        copy_pretrain(model, processor, dataset["messages"], config,
+                      on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return str(out)
