@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from components.common.settings_sections import LLMEndpointSettings, _Section
+from components.common.settings_sections import LLMEndpointSettings, _Section, env_name
 
 
 class DatagenSettings(_Section):
@@ -80,6 +80,10 @@ class SFTSettings(_Section):
     copy_pretrain_max_tokens: int = Field(192, ge=16, description="Copy pretraining: tokens per sequence.")
     copy_pretrain_synthetic_share: float = Field(
         0.3, ge=0, le=1, description="Copy pretraining: share of synthetic copy drills among the sequences.")
+    copy_pretrain_visual_every: int = Field(
+        0, ge=0, description="Copy pretraining: every N-th step trains on a batch of visual pretraining "
+        "(fresh search-free pictures, the answer loss), so the readout learnt before is kept; these steps come "
+        "on top of copy_pretrain_steps (N=5: a quarter more). 0: never; 1 is refused.")
     group_by_length: bool = Field(
         False, description="Batch rows of similar token length together (transformers' length-grouped "
         "sampler, randomised in mega-batches): less padding, faster steps; off: uniformly random batches.")
@@ -92,7 +96,7 @@ class SFTSettings(_Section):
                                                  "learning rate.")
     visual_pretrain_steps: int = Field(
         0, ge=0, description="Steps of visual pretraining on freshly drawn search-free images "
-        "(components/sft/visual.py) after copy pretraining, for a model the SFT step builds from scratch "
+        "(components/sft/visual.py) before copy pretraining, for a model the SFT step builds from scratch "
         "(its vision tower is random); 0: none (paper: a pretrained vision encoder).")
     visual_pretrain_batch_size: int = Field(32, ge=1, description="Visual pretraining: rows per step.")
     visual_pretrain_learning_rate: float = Field(2e-3, gt=0, description="Visual pretraining: peak learning rate.")
@@ -116,6 +120,14 @@ class SFTSettings(_Section):
     logging_steps: int = Field(1, ge=1, description="Log metrics (MLflow) every N steps.")
     seed: int = Field(0, description="Seed for data order and LoRA init.")
     dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> SFTSettings:
+        if self.copy_pretrain_visual_every == 1:
+            raise ValueError(f"{env_name('sft', 'copy_pretrain_visual_every')}=1 would leave no copy pretraining "
+                             "step: use 0 (never) or 2 and more")
+        return self
 
 
 class GRPOSettings(_Section):

@@ -48,6 +48,7 @@ class CopyPretrainConfig:
     synthetic_share: float = 0.3
     seed: int = 0
     log_every: int = 50
+    rehearse_every: int = 0  # every N-th step a batch of ``rehearse`` (another stage's data), on top of ``steps``
 
 
 def lr_scale(step: int, steps: int) -> float:
@@ -83,7 +84,9 @@ def train_stage(model: Any, name: str, steps: int, learning_rate: float, log_eve
     """The pretraining stages' loop: AdamW on the trainable parameters with :func:`lr_scale`, gradient
     clipping at 1, ``batch(step)`` giving the model's keyword arguments (labels included); every
     ``log_every`` steps ``<name>/loss``, ``/lr``, ``/seconds`` to the log ("<name with spaces> step
-    N/M", which ``dmms run`` shows as progress) and to ``on_log``. Returns the logged history."""
+    N/M", which ``dmms run`` shows as progress) and to ``on_log``. A batch holding ``dmms_kind`` (a
+    rehearsal of another stage's data) is trained on and logged as ``<name>/<kind>_loss`` (its last
+    value), not as the stage's loss. Returns the logged history."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
     device = next(model.parameters()).device
@@ -91,17 +94,20 @@ def train_stage(model: Any, name: str, steps: int, learning_rate: float, log_eve
     history: list[dict[str, float]] = []
     model.train()
     started = time.perf_counter()
+    last: dict[str, float] = {}
     for step in range(1, steps + 1):
         for group in opt.param_groups:
             group["lr"] = learning_rate * lr_scale(step, steps)
-        loss = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch(step).items()}).loss
+        kwargs = batch(step)
+        kind = kwargs.pop("dmms_kind", None)
+        loss = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % log_every == 0 or step == steps:
-            entry = {f"{name}/loss": float(loss.item()), f"{name}/lr": opt.param_groups[0]["lr"],
-                     f"{name}/seconds": time.perf_counter() - started}
+        last[f"{name}/{kind}_loss" if kind else f"{name}/loss"] = float(loss.item())
+        if (step % log_every == 0 or step == steps) and f"{name}/loss" in last:
+            entry = {**last, f"{name}/lr": opt.param_groups[0]["lr"], f"{name}/seconds": time.perf_counter() - started}
             history.append({**entry, "step": step})
             log.info("%s step %d/%d loss %.4f", label, step, steps, entry[f"{name}/loss"])
             if on_log is not None:
@@ -112,8 +118,16 @@ def train_stage(model: Any, name: str, steps: int, learning_rate: float, log_eve
 
 def copy_pretrain(model: Any, processor: Any, conversations: Sequence[Sequence[dict[str, Any]]],
                   config: CopyPretrainConfig,
-                  on_log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-    """Train ``model`` in place for ``config.steps`` steps; return the logged history."""
+                  on_log: Callable[[int, dict[str, float]], None] | None = None,
+                  rehearse: Callable[[int], dict[str, Any]] | None = None) -> list[dict[str, float]]:
+    """Train ``model`` in place for ``config.steps`` steps; return the logged history. With
+    ``rehearse`` (a batch function of another stage, e.g. :func:`components.sft.visual.visual_batches`)
+    and ``config.rehearse_every`` = N, every N-th step trains on ``rehearse(step)``, so what that stage
+    taught is not forgotten (logged as ``copy_pretrain/rehearse_loss``); those steps come on top of
+    ``config.steps`` copy steps (the copy circuit needs its ~1,000+)."""
+    if rehearse is not None and config.rehearse_every == 1:
+        raise ValueError("rehearse_every=1 would leave no copy pretraining step: use 0 (never) or >= 2")
+    every = config.rehearse_every if rehearse is not None else 0
     tokenizer = getattr(processor, "tokenizer", processor)
     searched = [m for m in conversations if any(INFO_OPEN in (x["content"] or "") for x in m if x["role"] == "user")]
     if not searched:
@@ -122,6 +136,8 @@ def copy_pretrain(model: Any, processor: Any, conversations: Sequence[Sequence[d
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def batch(step: int) -> dict[str, Any]:
+        if every and step % every == 0:
+            return {**rehearse(step), "dmms_kind": "rehearse"}
         texts = [copy_drill(rng) if rng.random() < config.synthetic_share
                  else copy_segment(processor, swap_messages(rng.choice(searched), rng).messages)
                  for _ in range(config.batch_size)]
@@ -134,4 +150,5 @@ def copy_pretrain(model: Any, processor: Any, conversations: Sequence[Sequence[d
             att[i, : len(r)] = 1
         return {"input_ids": ids, "attention_mask": att, "labels": ids.masked_fill(att == 0, -100)}
 
-    return train_stage(model, "copy_pretrain", config.steps, config.learning_rate, config.log_every, batch, on_log)
+    total = config.steps + (config.steps // (every - 1) if every else 0)  # copy steps stay config.steps
+    return train_stage(model, "copy_pretrain", total, config.learning_rate, config.log_every, batch, on_log)

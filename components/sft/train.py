@@ -10,8 +10,8 @@ is published as ``<out>/final/``. Metrics go to the step's MLflow run every logg
 
 For a model trained from scratch (the tiny profile) the step also builds the base model from the
 dataset it trains on (tokenizer on the data's own text; :func:`base_model_for`), pretrains its vision
-tower (:mod:`components.sft.vision`), copy-pretrains it (:mod:`components.sft.pretrain`) and teaches
-it to read the tower on freshly drawn search-free images (:mod:`components.sft.visual`), publishes it
+tower (:mod:`components.sft.vision`), teaches it to read the tower on freshly drawn search-free images
+(:mod:`components.sft.visual`), copy-pretrains it last (:mod:`components.sft.pretrain`), publishes it
 as ``<out>/base/`` (the evaluation's base row), trains the vision tower in SFT only if
 ``sft.train_vision`` (the tiny profile keeps its pretrained tower) and swaps each row's names afresh on every
 access (``sft.counterfactual_share``, :mod:`components.sft.counterfactual`); the search-free picture
@@ -63,7 +63,7 @@ from components.sft.config import lora_config, sft_config
 from components.sft.data import prepare_rows, tokenizer_corpus
 from components.sft.pretrain import CopyPretrainConfig, copy_pretrain
 from components.sft.vision import VisionPretrainConfig, vision_pretrain
-from components.sft.visual import VisualPretrainConfig, VisualRow, redraw, visual_pretrain
+from components.sft.visual import VisualPretrainConfig, VisualRow, redraw, visual_batches, visual_pretrain
 
 log = logging.getLogger(__name__)
 FINAL = "final"
@@ -132,8 +132,9 @@ def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) 
     fresh search-free images), visual pretraining (:mod:`components.sft.visual`, the answer loss on
     fresh images, the language model learns to read the tower), then copy pretraining
     (:mod:`components.sft.pretrain`, text only) LAST: the copy circuit forms late (~1,000 steps) and
-    400 high-learning-rate steps of constant answers after it wiped it out (search-required 17 -> 3 %,
-    bench/copy_recipe.md); SFT's redrawn picture rows keep the readout. Save to ``out``."""
+    400 high-learning-rate steps of constant answers after it wiped it out (search-required 20 -> 3 %
+    in make run, bench/copy_recipe.md). ``sft.copy_pretrain_visual_every`` rehearses the readout during
+    copy pretraining (every N-th step a visual batch). Save to ``out``."""
     s = settings.sft
     model, processor = load_model_and_processor(model_path, settings.model)
     if s.vision_pretrain_steps:
@@ -142,13 +143,13 @@ def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) 
             learning_rate=s.vision_pretrain_learning_rate, seed=s.seed),
             on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
         run.log_metrics({f"sft.vision_acc_{k}": v for k, v in seen.items()})
+    rows = [VisualRow(m, q, c, a) for m, q, c, a in zip(dataset["messages"], dataset["question"],
+                                                        dataset["category"], dataset["final_answer"], strict=True)]
+    pictures = any(redraw(r, random.Random(0)) is not None for r in rows)
+    if not s.train_vision and (s.visual_pretrain_steps or s.copy_pretrain_visual_every):
+        freeze_vision(model)  # a pretrained tower stays as it is; the language model learns to read it
     if s.visual_pretrain_steps:
-        if not s.train_vision:  # a pretrained tower stays as it is; the language model learns to read it
-            freeze_vision(model)
-        rows = [VisualRow(m, q, c, a) for m, q, c, a in zip(dataset["messages"], dataset["question"],
-                                                            dataset["category"], dataset["final_answer"],
-                                                            strict=True)]
-        if any(redraw(r, random.Random(0)) is not None for r in rows):
+        if pictures:
             visual_pretrain(model, processor, rows,
                             VisualPretrainConfig(steps=s.visual_pretrain_steps,
                                                  batch_size=s.visual_pretrain_batch_size,
@@ -162,9 +163,12 @@ def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) 
         config = CopyPretrainConfig(steps=s.copy_pretrain_steps, batch_size=s.copy_pretrain_batch_size,
                                     learning_rate=s.copy_pretrain_learning_rate,
                                     max_tokens=s.copy_pretrain_max_tokens,
-                                    synthetic_share=s.copy_pretrain_synthetic_share, seed=s.seed)
+                                    synthetic_share=s.copy_pretrain_synthetic_share, seed=s.seed,
+                                    rehearse_every=s.copy_pretrain_visual_every if pictures else 0)
+        rehearse = (visual_batches(processor, rows, s.visual_pretrain_batch_size, s.seed + 1)
+                    if config.rehearse_every else None)
         copy_pretrain(model, processor, dataset["messages"], config,
-                      on_log=lambda step, metrics: run.log_metrics(metrics, step=step))
+                      on_log=lambda step, metrics: run.log_metrics(metrics, step=step), rehearse=rehearse)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return str(out)

@@ -103,19 +103,27 @@ def _answer_labels(ids: torch.Tensor, att: torch.Tensor, im_start: int) -> torch
     return labels.masked_fill(att == 0, -100)
 
 
-def visual_pretrain(model: Any, processor: Any, rows: Sequence[VisualRow], config: VisualPretrainConfig,
-                    on_log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-    """Train ``model`` in place for ``config.steps`` steps on redrawn visual rows; return the history."""
+def visual_batches(processor: Any, rows: Sequence[VisualRow], batch_size: int,
+                   seed: int) -> Callable[[int], dict[str, Any]]:
+    """``batch(step)`` of visual pretraining: ``batch_size`` rows of ``rows`` redrawn with fresh images,
+    the labels on the model's answer turn. Also what copy pretraining rehearses the readout with."""
     templates = [r for r in rows if redraw(r, random.Random(0)) is not None]
     if not templates:
         raise ValueError("visual pretraining needs search-free visual rows (category visual/...): the dataset has none")
     im_start = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
-    rng = random.Random(config.seed)
+    rng = random.Random(seed)
 
     def batch(step: int) -> dict[str, Any]:
-        drawn = [redraw(rng.choice(templates), rng) for _ in range(config.batch_size)]
+        drawn = [redraw(rng.choice(templates), rng) for _ in range(batch_size)]
         texts = [processor.apply_chat_template(_with_image(m, 1), tokenize=False) for m, _, _ in drawn]
         enc = processor(text=texts, images=[[img] for _, img, _ in drawn], return_tensors="pt", padding=True)
         return {**enc, "labels": _answer_labels(enc["input_ids"], enc["attention_mask"], im_start)}
 
+    return batch
+
+
+def visual_pretrain(model: Any, processor: Any, rows: Sequence[VisualRow], config: VisualPretrainConfig,
+                    on_log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """Train ``model`` in place for ``config.steps`` steps on redrawn visual rows; return the history."""
+    batch = visual_batches(processor, rows, config.batch_size, config.seed)
     return train_stage(model, "visual_pretrain", config.steps, config.learning_rate, config.log_every, batch, on_log)

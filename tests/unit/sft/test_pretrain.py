@@ -56,3 +56,31 @@ def test_a_few_steps_lower_the_loss_and_leave_vision_alone(tiny):
     assert all(torch.equal(p, vision[n]) for n, p in model.named_parameters() if "visual" in n)
     with pytest.raises(ValueError, match="<information>"):
         copy_pretrain(model, processor, [ROW[:3]], CopyPretrainConfig(steps=1))
+
+
+def test_rehearsal_batches_take_every_nth_step_and_are_logged_apart(tiny):
+    """``sft.copy_pretrain_visual_every``: every N-th copy-pretraining step trains on the readout's
+    batches (visual pretraining's fresh pictures) so the readout learnt before is kept; their loss is
+    logged as ``copy_pretrain/rehearse_loss``, never as the copy loss, and they come on top of the
+    configured copy steps."""
+    from components.sft.visual import visual_batches
+    from tests.unit.sft.test_visual import visual_row
+
+    model, processor = tiny
+    rows = [visual_row(k, s)[0] for s in range(2) for k in ("colour", "count", "shape", "position")]
+    inner = visual_batches(processor, rows, batch_size=2, seed=0)
+    asked = []
+
+    def rehearse(step):
+        asked.append(step)
+        return inner(step)
+
+    hist = copy_pretrain(model, processor, [ROW] * 4,
+                         CopyPretrainConfig(steps=6, batch_size=2, log_every=3, rehearse_every=3),
+                         rehearse=rehearse)
+    assert asked == [3, 6, 9]  # on top of the 6 copy steps: 9 in all
+    assert [h["step"] for h in hist] == [3, 6, 9]
+    assert all("copy_pretrain/rehearse_loss" in h and "copy_pretrain/loss" in h for h in hist)
+    assert all(h["copy_pretrain/rehearse_loss"] != h["copy_pretrain/loss"] for h in hist)
+    with pytest.raises(ValueError, match="rehearse_every=1"):
+        copy_pretrain(model, processor, [ROW], CopyPretrainConfig(steps=2, rehearse_every=1), rehearse=rehearse)
