@@ -121,7 +121,6 @@ class SFTSettings(_Section):
     seed: int = Field(0, description="Seed for data order and LoRA init.")
     dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
-
     @model_validator(mode="after")
     def _cross_checks(self) -> SFTSettings:
         if self.copy_pretrain_visual_every == 1:
