@@ -11,7 +11,7 @@ small descriptor that survives re-encoding:
 * a ``4 x 4`` grid of mean colours (so a red square is not a blue square of equal luminance).
 
 The dot product of two descriptors is ``GREY_WEIGHT * cos(grey) + (1 - GREY_WEIGHT) * cos(colour)``.
-A second stage (:func:`verify_scores`) re-ranks the best candidates by normalised cross-correlation
+A second stage (:func:`verify_thumbs`, used by the index) re-ranks the best candidates by normalised cross-correlation
 of a sharper grey thumbnail of the matched window, which separates near-duplicates.
 
 :class:`ImageEmbedder` is the protocol the index uses, so a CLIP-style embedder
@@ -187,17 +187,6 @@ def verify_thumbs(grey_sat: np.ndarray, size: tuple[int, int], boxes: Sequence[B
     g = box_means(grey_sat, _pixel_boxes(size, boxes), VERIFY).reshape(len(boxes), -1)
     g = g - g.mean(axis=1, keepdims=True)
     return (g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-6)).astype(np.float32)
-
-
-def verify_thumb(img: Image.Image, box: Box) -> np.ndarray:
-    """One :func:`verify_thumbs` thumbnail of ``box`` of a work image (RGB or grey)."""
-    grey = img if img.mode == "L" else img.convert("L")
-    return verify_thumbs(summed_area(np.asarray(grey)), grey.size, [box])[0]
-
-
-def verify_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Normalised cross-correlation of one query thumbnail with ``(n, VERIFY*VERIFY)`` candidates."""
-    return candidates @ query
 
 
 class ClipEmbedder:
