@@ -84,9 +84,13 @@ def architecture(tiny: Any | None = None) -> tuple[dict[str, Any], dict[str, Any
     return text, vision, tiny.tie_embeddings
 
 
-def train_tokenizer(corpus: str, vocab_size: int = BPE_VOCAB_SIZE):
+YEARS = range(1700, 2030)  # every year the offline world writes (and the counterfactual swap draws: 1700-1999)
+
+
+def train_tokenizer(corpus: str, vocab_size: int = BPE_VOCAB_SIZE, year_tokens: bool = False):
     """Train a byte-level BPE on ``corpus`` and wrap it as a Qwen2 tokenizer with Qwen's special
-    tokens and the protocol tags. Deterministic: the same corpus gives the same files."""
+    tokens and the protocol tags (and, with ``year_tokens``, one token per year of ``YEARS``, matched
+    only as a whole number). Deterministic: the same corpus gives the same files."""
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -110,6 +114,8 @@ def train_tokenizer(corpus: str, vocab_size: int = BPE_VOCAB_SIZE):
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
                          special_tokens=True)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in PROTOCOL_TAGS])
+    if year_tokens:  # "1853" in "(1853–1934)", " 1853" and "<answer>1853": one token, the same one
+        tokenizer.add_tokens([AddedToken(str(y), special=False, normalized=False, single_word=True) for y in YEARS])
     tokenizer.eos_token = "<|im_end|>"  # as in Qwen2.5-VL-Instruct: a turn ends the generation
     return tokenizer
 
@@ -181,7 +187,8 @@ def build_tiny_model(out: Path, seed: int = 0, max_pixels: int | None = None, ti
         max_pixels = load_settings(profile="tiny").model.max_pixels
     started = time.perf_counter()
     text = CORPUS_PATH.read_text(encoding="utf-8") if corpus is None else "\n".join(corpus)
-    tokenizer = train_tokenizer(text, tiny.vocab_size if tiny is not None else BPE_VOCAB_SIZE)
+    tokenizer = train_tokenizer(text, tiny.vocab_size if tiny is not None else BPE_VOCAB_SIZE,
+                                year_tokens=bool(tiny is not None and tiny.year_tokens))
     processor = make_processor(tokenizer, max_pixels)
     model = make_model(tokenizer, seed, tiny)
     with staged_dir(out) as staging:

@@ -121,6 +121,24 @@ def test_protocol_tags_are_single_tokens_that_round_trip(loaded):
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
 
+def test_year_tokens_make_a_year_one_token_wherever_it_stands(tmp_path):
+    """With ``model.tiny.year_tokens`` a year is one token in a page, a date range and an answer (the
+    same id: copying it is copying one token); a longer number is not cut at a year; without the
+    setting numbers are single digits, as in Qwen's own tokenizer."""
+    from components.common.settings_sections import TinyModelSettings
+
+    with_years = build_tiny_model(tmp_path / "years", tiny=TinyModelSettings(year_tokens=True), max_pixels=12544)
+    tok = load_model_and_processor(str(with_years), load_settings(profile="tiny").model)[1].tokenizer
+    year = tok.convert_tokens_to_ids("1853")
+    for text in ("born in 1853 in the city", "(1853–1934)", "<answer>1853</answer>", "in 1853."):
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids.count(year) == 1 and tok.decode(ids) == text, text
+    assert year not in tok.encode("18530 members", add_special_tokens=False)
+    plain = load_model_and_processor(str(build_tiny_model(tmp_path / "plain", max_pixels=12544)),
+                                     load_settings(profile="tiny").model)[1].tokenizer
+    assert len(plain.encode("1853", add_special_tokens=False)) == 4
+
+
 def test_parameter_count_is_tiny(loaded):
     n = sum(p.numel() for p in loaded[0].parameters())
     assert 400_000 <= n <= 1_000_000
