@@ -38,6 +38,10 @@ class DatagenSettings(_Section):
         True, description="Oracle teacher: answer a one-hop question from the image search's summary when "
         "it states the fact (what a good model does); off: always search the text first, so every "
         "search-required trajectory copies the returned name into a query.")
+    oracle_quote: bool = Field(
+        False, description="Oracle teacher: the final reason quotes the page's own words that state the "
+        "value (`Born: Deigleicha, 1853`) instead of naming the fact (`the born year of X: 1853`), so the "
+        "value follows the same tokens in the reason as in <information> and copying it continues a copy.")
     oracle_requeries: int = Field(
         2, ge=0, le=8, description="Oracle teacher: text re-queries when a result misses the fact.")
     taxonomy_prompt_version: str = Field(
@@ -78,6 +82,10 @@ class SFTSettings(_Section):
     copy_pretrain_batch_size: int = Field(32, ge=1, description="Copy pretraining: sequences per step.")
     copy_pretrain_learning_rate: float = Field(3e-3, gt=0, description="Copy pretraining: peak learning rate.")
     copy_pretrain_max_tokens: int = Field(192, ge=16, description="Copy pretraining: tokens per sequence.")
+    copy_pretrain_answer_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="Copy pretraining: share of the real rows shown as their last "
+        "<information> turn and final turn (the value copied into the answer) instead of from their first "
+        "<information> on, whose window never reaches the answer turn.")
     copy_pretrain_synthetic_share: float = Field(
         0.3, ge=0, le=1, description="Copy pretraining: share of synthetic copy drills among the sequences.")
     copy_pretrain_visual_every: int = Field(

@@ -142,11 +142,18 @@ def pixel_key(image: Image.Image) -> str:
 
 def extract(text: str, subject: str, fact: str, names: list[str]) -> str | None:
     """The value of ``fact`` stated in ``subject``'s section of a returned summary, or None."""
+    found = extract_quoted(text, subject, fact, names)
+    return found[0] if found is not None else None
+
+
+def extract_quoted(text: str, subject: str, fact: str, names: list[str]) -> tuple[str, str] | None:
+    """(value, the page's own words that state it, e.g. ``"Born: Deigleicha, 1853"``) of ``fact`` in
+    ``subject``'s section of a returned summary, or None."""
     for section in sections(text, subject, names):
         for pattern in FACT_PATTERNS[fact]:
             m = re.search(pattern, section)
             if m:
-                return m.group(1).strip()
+                return m.group(1).strip(), m.group(0).strip().rstrip(" ,.")
     return None
 
 
@@ -178,7 +185,8 @@ def _visual_answer(category: str, image: Image.Image) -> str:
 
 
 def plan_turn(gold: Gold, image: Image.Image, history: list[tuple[Action, str]], names: list[str],
-              requeries: int = 2, summary_answers: bool = True, frame: Frame | None = None) -> Action:
+              requeries: int = 2, summary_answers: bool = True, frame: Frame | None = None,
+              quote: bool = False) -> Action:
     """The next action given the previous ones and the information each got back; a crop box is
     written in ``frame`` (the size the prompt states) when given, else in original pixels."""
     if not gold.requires_search:
@@ -196,27 +204,30 @@ def plan_turn(gold: Gold, image: Image.Image, history: list[tuple[Action, str]],
                        GIVE_UP_ANSWER)
     subject = gold.entity_name if gold.entity_name in found else found[0]
     texts = [(a.query or "", info) for a, info in history if a.kind == ActionKind.TEXT_SEARCH]
-    return _follow_chain(gold, subject, image_info, texts, names, requeries, summary_answers)
+    return _follow_chain(gold, subject, image_info, texts, names, requeries, summary_answers, quote)
 
 
 def _follow_chain(gold: Gold, subject: str, image_info: str, texts: list[tuple[str, str]],
-                  names: list[str], requeries: int, summary_answers: bool = True) -> Action:
-    stage, misses, value = 0, 0, None
+                  names: list[str], requeries: int, summary_answers: bool = True,
+                  quote: bool = False) -> Action:
+    stage, misses, found = 0, 0, None
     if len(gold.chain) == 1 and summary_answers:  # the image search's own summary may already state the fact
-        value = extract(image_info, subject, gold.chain[0], names)
+        found = extract_quoted(image_info, subject, gold.chain[0], names)
     for _, info in texts:
-        if value is not None:
+        if found is not None:
             break
-        got = extract(info, subject, gold.chain[stage], names)
+        got = extract_quoted(info, subject, gold.chain[stage], names)
         if got is None:
             misses += 1
         elif stage == len(gold.chain) - 1:
-            value = got
+            found = got
         else:
-            subject, stage, misses = got, stage + 1, 0
-    if value is not None:
-        fact = gold.chain[-1]
+            subject, stage, misses = got[0], stage + 1, 0
+    if found is not None:
+        fact, (value, words) = gold.chain[-1], found
         answer = _UNITS.get(fact, "{}").format(value)
+        if quote:  # the value after the same words as in the page: copying it is continuing a copy
+            return _answer(f"The search results on {subject} state: {words}.", answer)
         return _answer(f"The search results state the {FACT_WORDS[fact]} of {subject}: {value}.", answer)
     if misses > requeries:
         return _answer(f"My searches did not state the {FACT_WORDS[gold.chain[stage]]} of {subject}.",
@@ -285,8 +296,9 @@ class OracleGenerator:
     lockstep = False
 
     def __init__(self, world: World, items: list[VQAItem], root: Path, requeries: int = 2,
-                 summary_answers: bool = True):
+                 summary_answers: bool = True, quote: bool = False):
         self.world, self.requeries, self.summary_answers = world, requeries, summary_answers
+        self.quote = quote
         self._gold: dict[tuple[str, str], Gold] = {}
         missing = [i.id for i in items if i.id not in world.gold]
         if missing:
@@ -309,7 +321,7 @@ class OracleGenerator:
         if gold is None:
             return GenOutput(text="", stop_reason="error", error=f"oracle: unknown question {question[:80]!r}")
         action = plan_turn(gold, request.images[0], history_of(messages), self.world.names, self.requeries,
-                            self.summary_answers, _frame(messages, request.images[0]))
+                            self.summary_answers, _frame(messages, request.images[0]), self.quote)
         text = render_action(action)
         return GenOutput(text=text, stop_reason="stop_string", stop=f"</{text.rsplit('</', 1)[1]}")
 

@@ -77,7 +77,8 @@ async def make_teacher(settings: Settings, teacher: str, items: list[VQAItem], s
         try:
             world = load_world(world_path(settings, seed_root))
             return OracleGenerator(world, items, seed_root, requeries=settings.datagen.oracle_requeries,
-                                   summary_answers=settings.datagen.oracle_summary_answers)
+                                   summary_answers=settings.datagen.oracle_summary_answers,
+                                   quote=settings.datagen.oracle_quote)
         except OracleError as exc:
             raise TeacherError(str(exc)) from None
     if teacher == "llm":

@@ -10,6 +10,11 @@ plain text with the loss on EVERY token:
   repeat names, the model's reason and query that repeat them again), each drawn with fresh
   counterfactual names and values (:mod:`components.sft.counterfactual`), so nothing but copying
   predicts a name;
+- an ``answer_share`` of those rows as their LAST ``<information>`` turn and the model's final turn
+  instead (:func:`answer_segment`): the value copied out of the text search's result into the
+  reason and the answer. Rows average ~450 tokens from their first ``<information>`` on, so a
+  ``max_tokens`` window from there never reaches the answer turn (0 of 1,000 rows of ``make run``'s
+  world did): without these segments nothing here teaches copying a value (a year, a height);
 - a ``synthetic_share`` of copy drills in the same words: a list of fresh names then the list
   again in another order, or ``name: value`` facts then lookups of some of them.
 
@@ -32,7 +37,7 @@ from typing import Any
 
 import torch
 
-from components.agent.protocol import INFO_OPEN
+from components.agent.protocol import INFO_CLOSE, INFO_OPEN
 from components.sft.counterfactual import swap_messages
 from components.world.entities import Namer
 
@@ -49,6 +54,7 @@ class CopyPretrainConfig:
     seed: int = 0
     log_every: int = 50
     rehearse_every: int = 0  # every N-th step a batch of ``rehearse`` (another stage's data), on top of ``steps``
+    answer_share: float = 0.0  # of the real rows: the last <information> turn and the final turn (answer_segment)
 
 
 def lr_scale(step: int, steps: int) -> float:
@@ -62,6 +68,28 @@ def copy_segment(processor: Any, messages: Sequence[dict[str, Any]]) -> str | No
     text = processor.apply_chat_template([dict(m) for m in messages], tokenize=False)
     at = text.find(INFO_OPEN)
     return text[at:] if at >= 0 else None
+
+
+def answer_segment(processor: Any, messages: Sequence[dict[str, Any]]) -> tuple[str, str] | None:
+    """The conversation's chat-template text from its LAST ``<information>`` on, split after that
+    turn's ``</information>``: (the result, the rest: the model's final turn). None: no search."""
+    text = processor.apply_chat_template([dict(m) for m in messages], tokenize=False)
+    at = text.rfind(INFO_OPEN)
+    if at < 0:
+        return None
+    close = text.find(INFO_CLOSE, at)
+    cut = close + len(INFO_CLOSE) if close >= 0 else len(text)
+    return text[at:cut], text[cut:]
+
+
+def fit_answer_segment(tokenizer: Any, result: str, rest: str, max_tokens: int) -> list[int]:
+    """Token ids of an answer segment within ``max_tokens``: the result's head (the subject's own
+    section, where the oracle's value stands, comes first), its closing tag, and the whole final
+    turn — the middle of a long result is dropped rather than the answer."""
+    head = tokenizer.encode(result.removesuffix(INFO_CLOSE), add_special_tokens=False)
+    tail = tokenizer.encode(INFO_CLOSE + rest, add_special_tokens=False)
+    keep = max(0, max_tokens - len(tail))
+    return (head[:keep] + tail)[:max_tokens]
 
 
 def copy_drill(rng: random.Random) -> str:
@@ -135,13 +163,20 @@ def copy_pretrain(model: Any, processor: Any, conversations: Sequence[Sequence[d
     rng = random.Random(config.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    def sequence() -> list[int]:
+        if rng.random() < config.synthetic_share:
+            text = copy_drill(rng)
+        else:
+            messages = swap_messages(rng.choice(searched), rng).messages
+            if config.answer_share and rng.random() < config.answer_share:
+                return fit_answer_segment(tokenizer, *answer_segment(processor, messages), config.max_tokens)
+            text = copy_segment(processor, messages)
+        return tokenizer.encode(text, add_special_tokens=False)[: config.max_tokens]
+
     def batch(step: int) -> dict[str, Any]:
         if every and step % every == 0:
             return {**rehearse(step), "dmms_kind": "rehearse"}
-        texts = [copy_drill(rng) if rng.random() < config.synthetic_share
-                 else copy_segment(processor, swap_messages(rng.choice(searched), rng).messages)
-                 for _ in range(config.batch_size)]
-        rows = [tokenizer.encode(t, add_special_tokens=False)[: config.max_tokens] for t in texts]
+        rows = [sequence() for _ in range(config.batch_size)]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         att = torch.zeros((len(rows), width), dtype=torch.long)

@@ -164,6 +164,7 @@ def pretrain_base(settings: Settings, model_path: str, dataset, out: Path, run) 
                                     learning_rate=s.copy_pretrain_learning_rate,
                                     max_tokens=s.copy_pretrain_max_tokens,
                                     synthetic_share=s.copy_pretrain_synthetic_share, seed=s.seed,
+                                    answer_share=s.copy_pretrain_answer_share,
                                     rehearse_every=s.copy_pretrain_visual_every if pictures else 0)
         rehearse = (visual_batches(processor, rows, s.visual_pretrain_batch_size, s.seed + 1)
                     if config.rehearse_every else None)

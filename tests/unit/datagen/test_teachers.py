@@ -248,3 +248,22 @@ def test_a_fact_in_the_image_summary_is_answered_from_it_unless_summary_answers_
     assert act.kind == ActionKind.TEXT_SEARCH and act.query.startswith("Gleimul Palace")
     hist.append((act, TEXT_INFO))
     assert plan_turn(_gold(), img, hist, NAMES, summary_answers=False).answer == "1902"
+
+
+def test_quoting_oracle_writes_the_pages_own_words_before_the_value():
+    """With ``quote`` the final reason repeats the words of the returned page that state the value
+    (``completed in 1902``), so in the reason the value follows the same tokens as in <information>;
+    the answer is the same as without quoting, and the quote comes from the subject's own section."""
+    img = Image.new("RGB", (8, 8))
+    hist = [(_img_search(), IMAGE_INFO), (_text("Gleimul Palace completed year"), TEXT_INFO)]
+    plain = plan_turn(_gold(), img, hist, NAMES)
+    quoted = plan_turn(_gold(), img, hist, NAMES, quote=True)
+    assert plain.answer == quoted.answer == "1902"
+    words = quoted.reason.split("state: ", 1)[1].rstrip(".")
+    assert words == "completed in 1902" and words in TEXT_INFO and words not in plain.reason
+    gold = _gold(chain=("architect", "birth_city"))
+    hist = [(_img_search(), IMAGE_INFO), (_text("Gleimul Palace architect"), TEXT_INFO),
+            (_text("Stou Siadrer born city"), "Stou Siadrer: Born: Stireplel, 1861.")]
+    act = plan_turn(gold, img, hist, NAMES, quote=True)
+    assert act.answer == "Stireplel" and act.reason.endswith("Born: Stireplel.")  # no dangling comma
+    assert parse_turn(f"<reason>{act.reason}</reason>\n<answer>{act.answer}</answer>").answer == "Stireplel"

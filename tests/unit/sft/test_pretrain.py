@@ -1,6 +1,7 @@
 """Copy pretraining (components/sft/pretrain.py) on the real tiny Qwen2.5-VL, text only, on CPU.
 
-Proves: a segment starts at the row's first <information>; drills repeat their names (a copy is
+Proves: a segment starts at the row's first <information>; an answer segment is the last
+<information> and the final turn, and when it must be cut the result's middle goes, never the answer; drills repeat their names (a copy is
 the only way to predict the second half); a few steps lower the loss, touch no vision weight and
 log through ``on_log``; rows without any search are refused.
 
@@ -18,7 +19,14 @@ import torch
 from components.agent.models import load_model_and_processor
 from components.agent.tiny import build_tiny_model
 from components.common.settings import load_settings
-from components.sft.pretrain import CopyPretrainConfig, copy_drill, copy_pretrain, copy_segment
+from components.sft.pretrain import (
+    CopyPretrainConfig,
+    answer_segment,
+    copy_drill,
+    copy_pretrain,
+    copy_segment,
+    fit_answer_segment,
+)
 from tests.unit.sft.test_counterfactual import ROW
 
 
@@ -84,3 +92,23 @@ def test_rehearsal_batches_take_every_nth_step_and_are_logged_apart(tiny):
     assert all(h["copy_pretrain/rehearse_loss"] != h["copy_pretrain/loss"] for h in hist)
     with pytest.raises(ValueError, match="rehearse_every=1"):
         copy_pretrain(model, processor, [ROW], CopyPretrainConfig(steps=2, rehearse_every=1), rehearse=rehearse)
+
+
+def test_answer_segment_keeps_the_final_turn_and_the_results_head(tiny):
+    """The window from the first <information> on ends before the answer in most real rows (they
+    average ~450 tokens); an answer segment keeps the value's page section and the final turn."""
+    _, processor = tiny
+    tok = processor.tokenizer
+    result, rest = answer_segment(processor, ROW)
+    assert result.startswith("<information>\nViath Drabrukou: Viath Drabrukou (1776") and result.endswith(
+        "</information>") and "<answer>1776</answer>" in rest and "Kodiax" not in result
+    assert answer_segment(processor, ROW[:3]) is None
+    whole = fit_answer_segment(tok, result, rest, 10_000)
+    assert tok.decode(whole) == result + rest
+    tail = tok.encode("</information>" + rest, add_special_tokens=False)
+    cut = fit_answer_segment(tok, result, rest, len(tail) + 12)
+    assert len(cut) == len(tail) + 12 and cut[-len(tail):] == tail  # the answer turn whole, the head kept
+    assert tok.decode(cut).startswith("<information>\nViath")
+    hist = copy_pretrain(tiny[0], processor, [ROW] * 4, CopyPretrainConfig(steps=2, batch_size=4, log_every=1,
+                                                                          synthetic_share=0.0, answer_share=1.0))
+    assert len(hist) == 2 and all(h["copy_pretrain/loss"] > 0 for h in hist)
