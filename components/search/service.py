@@ -5,7 +5,7 @@ in-process client, tests and benchmarks drive exactly what the server runs.
 
 - LOCAL backends (tantivy text index, reverse-image index) run in a thread pool so the event loop
   stays responsive; ``DMMS_TOOLS__SIMULATED_LATENCY_MS`` is added to them to model web latency in
-  benchmarks (0 by default).
+  benchmarks (0 by default), slept outside the backend's semaphore (a network wait uses no thread).
 - WEB backends and the summariser are upstream calls: a per-backend semaphore, failures → 502,
   counted in ``/metrics``; they retry per the project's one policy (components/common/retry.py).
 - ONE DEADLINE per request (``DMMS_TOOLS__DEADLINE_S``), everything included — search, page
@@ -75,10 +75,14 @@ class SearchService:
 
     # ---- running backends ----------------------------------------------------------------------
     async def _local(self, backend: str, fn: Callable[..., T], *args: Any) -> T:
+        # The simulated latency stands for a web API's network wait, which holds no CPU and no
+        # thread: it is slept BEFORE taking the semaphore, which bounds the index work queued on the
+        # thread pool. Slept inside it, 17+ concurrent requests on one worker (tools.backend_concurrency
+        # 16) waited a whole extra latency each (bench/rollout.py: 32 trajectories, 2 workers).
+        if self.settings.tools.simulated_latency_ms:
+            await asyncio.sleep(self.settings.tools.simulated_latency_ms / 1000)
         async with self._sems[backend]:
             self.metrics.backend_calls.labels(backend).inc()
-            if self.settings.tools.simulated_latency_ms:
-                await asyncio.sleep(self.settings.tools.simulated_latency_ms / 1000)
             return await asyncio.to_thread(fn, *args)
 
     async def _upstream(self, backend: str, call: Callable[[], Awaitable[T]]) -> T:
