@@ -148,7 +148,26 @@ def app_from_env() -> FastAPI:
     """The app the environment's settings describe: what each worker of a multi-process
     ``dmms tools serve`` runs (``uvicorn components.search.app:app_from_env --factory``)."""
     settings = load_settings()
+    single_threaded_math()
     return create_app(settings, settings.tools.index)
+
+
+def single_threaded_math() -> None:
+    """One BLAS thread per request thread in a serving process (``dmms tools serve`` calls it).
+
+    Why: a server runs many requests at once (a thread pool per worker, several workers), and each
+    search's matrix products are small (a query against the window vectors of a shard, the
+    verification thumbnails), so OpenBLAS's own thread team only wakes up to fight the other
+    requests for the same cores: on 2 busy cores an image search of the rollout benchmark's index
+    took 31 ms with 2 BLAS threads and 13 ms with one (its (2146 x 192) @ (192 x 2) product: 7.7 ms
+    against 0.09 ms). Not done in ``create_app``: an in-process
+    app shares its process with callers whose numpy may want every core. FAISS queries already run
+    single-threaded (``components/search/image_ann.py``).
+    """
+    import numpy  # noqa: F401 - loads OpenBLAS: threadpoolctl limits only the libraries already loaded
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def create_app(settings: Settings, index_dir: str | Path | None = None, *,
