@@ -54,11 +54,17 @@ class ToolClient:
     """Async client of ``/v1/text_search`` and ``/v1/image_search``."""
 
     def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 30.0, retries: int = 2,
-                 *, backoff_s: float = 0.25, transport: httpx.AsyncBaseTransport | None = None):
+                 *, backoff_s: float = 0.25, transport: httpx.AsyncBaseTransport | None = None,
+                 max_connections: int = 100):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.retries, self.backoff_s = retries, backoff_s
+        # Every connection the pool opens is kept alive (httpx keeps only 20 by default): with more
+        # calls in flight than that (the agent loop runs 32 trajectories), each burst closed the
+        # extra connections and the next one reconnected them, paying connect and close each time.
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, transport=transport,
-                                       timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)))
+                                       timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+                                       limits=limits)
 
     @classmethod
     def from_settings(cls, settings: Any, url: str | None = None) -> ToolClient:
