@@ -3,9 +3,11 @@
 Why separate from the app: the routes only parse and render; this class does the work, so the
 in-process client, tests and benchmarks drive exactly what the server runs.
 
-- LOCAL backends (tantivy text index, reverse-image index) run in a thread pool so the event loop
-  stays responsive; ``DMMS_TOOLS__SIMULATED_LATENCY_MS`` is added to them to model web latency in
-  benchmarks (0 by default), slept outside the backend's semaphore (a network wait uses no thread).
+- LOCAL backends: the reverse-image index runs in a thread pool so the event loop stays
+  responsive; the tantivy text index (a search with snippets ~0.3 ms, stored pages ~20 us each)
+  runs on the event loop, where it costs less than a thread hop. ``DMMS_TOOLS__SIMULATED_LATENCY_MS``
+  is added to both to model web latency in benchmarks (0 by default), slept outside the backend's
+  semaphore (a network wait uses no thread).
 - WEB backends and the summariser are upstream calls: a per-backend semaphore, failures → 502,
   counted in ``/metrics``; they retry per the project's one policy (components/common/retry.py).
 - ONE DEADLINE per request (``DMMS_TOOLS__DEADLINE_S``), everything included — search, page
@@ -74,7 +76,9 @@ class SearchService:
                 await close()
 
     # ---- running backends ----------------------------------------------------------------------
-    async def _local(self, backend: str, fn: Callable[..., T], *args: Any) -> T:
+    async def _local(self, backend: str, fn: Callable[..., T], *args: Any, inline: bool = False) -> T:
+        """``fn(*args)`` of a local index under the backend's semaphore: in a thread, or ``inline`` on
+        the event loop for work shorter than a thread hop costs (a text search: see ``_text_hits``)."""
         # The simulated latency stands for a web API's network wait, which holds no CPU and no
         # thread: it is slept BEFORE taking the semaphore, which bounds the index work queued on the
         # thread pool. Slept inside it, 17+ concurrent requests on one worker (tools.backend_concurrency
@@ -83,6 +87,8 @@ class SearchService:
             await asyncio.sleep(self.settings.tools.simulated_latency_ms / 1000)
         async with self._sems[backend]:
             self.metrics.backend_calls.labels(backend).inc()
+            if inline:
+                return fn(*args)
             return await asyncio.to_thread(fn, *args)
 
     async def _upstream(self, backend: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -128,7 +134,12 @@ class SearchService:
         if self.text_backend is None:
             if index is None:
                 raise ToolServerError("no index loaded", code="not_ready", status=503)
-            return await self._local(self.text_name, index.text.search, query, top_k)
+            # inline: a tantivy search with its snippets takes ~0.3 ms, mostly Python (the snippets),
+            # so a thread adds no parallelism, only hops and GIL hand-offs with the event loop
+            # (up to the 5 ms switch interval each): under 32 concurrent requests the thread pool's
+            # share of the tool-server's CPU was ~20 % and its latency tail 2-3x the median
+            # (python -m bench.search_text)
+            return await self._local(self.text_name, index.text.search, query, top_k, inline=True)
         # web backends retry per the shared policy on their own (tools.web_max_retries)
         return await self._upstream(self.text_name, lambda: self.text_backend.search(query, top_k))
 
@@ -163,7 +174,7 @@ class SearchService:
             return list(await asyncio.gather(*(self._web_page(h) for h in hits)))
         if index is None:
             return [h.snippet for h in hits]
-        docs = await asyncio.to_thread(lambda: [index.text.get(h.doc_id) for h in hits])
+        docs = [index.text.get(h.doc_id) for h in hits]  # ~20 us each: inline, as the search
         return [(d or {}).get("text") or h.snippet for d, h in zip(docs, hits, strict=True)]
 
     async def _web_page(self, hit: TextHit | ImageHit) -> str:
