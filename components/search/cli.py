@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         """Serve text and image search over a built index."""
         import uvicorn
 
-        from components.search.app import create_app, single_threaded_math
+        from components.search.app import create_app
 
         overrides = {k: v for k, v in {"index": index, "host": host, "port": port}.items() if v is not None}
         settings = load_settings(tools=overrides) if overrides else load_settings()
@@ -109,8 +109,7 @@ def register(app: typer.Typer) -> None:
         log.info("tool-server on http://%s:%d serving %s (%d worker%s)", t.host, t.port, t.index,
                  t.workers, "s" if t.workers > 1 else "")
         if t.workers == 1:
-            single_threaded_math()
-            uvicorn.run(create_app(settings, t.index), host=t.host, port=t.port, log_config=None,
+            uvicorn.run(create_app(settings, t.index, serving=True), host=t.host, port=t.port, log_config=None,
                         timeout_graceful_shutdown=10)
             return
         # N processes: each builds its app from the environment (the flags are passed on through it),
