@@ -33,6 +33,11 @@ from PIL import Image
 from components.common.settings import Settings
 from components.search.cache import Cache, CachedCompute, cache_key
 from components.search.errors import BadRequest, ToolServerError, UpstreamError, UpstreamTimeout
+from components.search.grounding import GroundingError, crop_region, needs_grounder
+
+# imported with the service, not on the first crop search: its imports (httpx, ...) took ~85 ms with
+# the event loop stopped, in every worker, in the middle of the rollout benchmark's first burst
+from components.search.grounding_service import GroundingUnavailable
 from components.search.imaging import decode_b64, open_image, to_png
 from components.search.index import LoadedIndex
 from components.search.metrics import Metrics
@@ -242,9 +247,6 @@ class SearchService:
                     ) -> tuple[Image.Image, list[int] | None, str | None]:
         """(crop, its box, None); a referring expression nobody can locate — no grounding model or
         service, or the service failing — is searched as the whole image: (image, None, a note)."""
-        from components.search.grounding import GroundingError, crop_region, needs_grounder
-        from components.search.grounding_service import GroundingUnavailable
-
         async with self._sems["grounding"]:
             try:
                 crop, box = await asyncio.to_thread(crop_region, image, region, self.grounder)
