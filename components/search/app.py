@@ -251,7 +251,10 @@ async def _load(service: SearchService, index_dir: str, settings: Settings, serv
         log.exception("could not load the index %s; /readyz stays 503", index_dir)
         return
     if serving:
-        await asyncio.to_thread(warm_up, loaded)
+        try:
+            await asyncio.to_thread(warm_up, loaded)
+        except Exception:  # a warm-up must never keep a loaded index from being served
+            log.exception("warming up %s failed; serving it cold", index_dir)
         freeze_long_lived()  # before /readyz says ready: the one full collection pauses no request
     service.index = loaded
 
