@@ -56,12 +56,15 @@ class SQLiteCache:
     it; a batch commits many entries for the price of one. Each thread has its own connection
     (WAL: readers never wait for the writer); ``synchronous=NORMAL`` commits without an fsync per
     write — WAL stays consistent on a crash, at worst the last few entries are lost, which a cache
-    may (so are entries not yet written). ``len()`` and ``aclose()`` wait for the writer first."""
+    may (so are entries not yet written). ``len()`` and ``aclose()`` wait for the writer first.
+    ``write_behind=False``: ``set`` commits (on the writer thread) before it returns, for a store that
+    another process or a later run reads at once (the LLM judge's verdicts)."""
 
     _EVICT_EVERY = 256
 
-    def __init__(self, path: str | Path, *, ttl_s: int, max_entries: int):
+    def __init__(self, path: str | Path, *, ttl_s: int, max_entries: int, write_behind: bool = True):
         self.path = Path(path)
+        self.write_behind = write_behind  # False: set() commits before it returns (the LLM judge's verdicts)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ttl_s, self.max_entries = ttl_s, max_entries
@@ -117,6 +120,9 @@ class SQLiteCache:
 
     def _set(self, key: str, value: str) -> None:
         """Hold ``key`` in memory and have the writer thread commit it (with whatever else is held)."""
+        if not self.write_behind:
+            self._writer.submit(self._write, {key: (value, time.time())}).result()
+            return
         with self._pending_lock:
             self._pending[key] = (value, time.time())
             if self._drain_queued:
