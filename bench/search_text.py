@@ -6,7 +6,9 @@ Generates ``--docs`` synthetic documents (80 tokens from a Zipf vocabulary of 50
 index with the real ``build_index``, and measures queries/s and p50/p99 latency of 5-term queries,
 top-10, unique queries (no cache hits):
 - in process, the work a request does: ``SearchService.text_search`` (tantivy search + snippets +
-  page texts + extractive summary + the two cache writes), 1 and 32 concurrent (asyncio tasks);
+  page texts + extractive summary + the two cache writes), 1 and 32 concurrent (asyncio tasks; a
+  local text search never yields to the event loop, so the 32 run one after another: their
+  throughput is the in-process capacity, their latency the service time without queueing);
 - over HTTP end to end: ``dmms tools serve`` in its own process(es) (``--workers`` uvicorn workers,
   each run) on loopback, at 1 and 32 concurrent callers, each a closed loop on its own keep-alive
   connection (bench/loopback_http.py: a minimal HTTP/1.1 client, ~0.2 ms of CPU a request, so the

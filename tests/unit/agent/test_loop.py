@@ -17,8 +17,8 @@ from components.agent.loop import AgentLoop, LoopConfig, crop_png
 from components.agent.models import load_model_and_processor
 from components.agent.protocol import ActionKind, EndReason, Limits
 from components.agent.rollout import to_rollout_output
-from components.agent.tokens import PromptEncoder, encode_prompt
 from components.agent.tiny import build_tiny_model
+from components.agent.tokens import PromptEncoder, encode_prompt
 from components.agent.trajectory import Trajectory, format_score, sha256_of
 from components.common.settings import load_settings
 from components.search.client import ToolClient
