@@ -10,6 +10,7 @@ real CLI on loopback, wait until ``/readyz`` answers, and stop it afterwards.
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
@@ -50,9 +51,31 @@ def served_tools(index: Path, cache_db: Path, workers: int = 1, env: dict[str, s
                 err = proc.stderr.read()[-2000:] if proc.poll() is not None and proc.stderr else "timed out"
                 raise SystemExit(f"the tool-server did not start: {err}")
             time.sleep(0.2)
-        if workers > 1:
-            time.sleep(2.0)  # /readyz was answered by one worker; let the others load the index too
+        if workers > 1:  # /readyz was answered by one worker: wait until the others have loaded too
+            _all_ready(url, workers, deadline)
         yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _all_ready(url: str, workers: int, deadline: float) -> None:
+    """Ready in every worker: each worker listens on its own socket and the kernel spreads new
+    connections over them by address, so ``8 * workers`` answers of 200 in a row, each on a fresh
+    connection, leave a worker still loading a chance under 1 in 1000 of never having been asked."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    streak = 0
+    while streak < 8 * workers:
+        conn = http.client.HTTPConnection(host, int(port), timeout=2)  # a new connection each time
+        try:
+            conn.request("GET", "/readyz")
+            ok = conn.getresponse().status == 200
+        except OSError:
+            ok = False
+        finally:
+            conn.close()
+        streak = streak + 1 if ok else 0
+        if not ok:
+            if time.monotonic() > deadline:
+                raise SystemExit("the tool-server's workers did not all become ready")
+            time.sleep(0.2)

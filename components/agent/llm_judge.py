@@ -89,7 +89,7 @@ class LLMJudge:
         self._clients: dict[int, ChatClient] = {}
         # verdicts never expire: the same (judge, prompt, question, golds, prediction) is the same verdict
         self._cache = SQLiteCache(cache_path if cache_path is not None else ":memory:", ttl_s=0,
-                                  max_entries=10_000_000)
+                                  max_entries=10_000_000, write_behind=False)
         judge_prompt("q", ["a"], "p", prompt_version)  # an unknown prompt version fails here, not per item
 
     def _client(self) -> ChatClient:

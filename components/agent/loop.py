@@ -54,7 +54,7 @@ from components.agent.protocol import (
     render_invalid,
     with_stop_string,
 )
-from components.agent.tokens import TokenConversation
+from components.agent.tokens import PromptEncoder, TokenConversation
 from components.agent.trajectory import Trajectory, sha256_of
 
 log = logging.getLogger(__name__)
@@ -125,17 +125,18 @@ class Rollout:
 
     def __init__(self, loop: AgentLoop, sample: Sample):
         self.loop, self.sample, self.cfg = loop, sample, loop.config
-        self.pil = Image.open(io.BytesIO(sample.image)).convert("RGB")
+        key = sha256_of(sample.image)
+        self.pil = loop.decoded(key, sample.image)
         frame = Frame.for_model(self.pil.size, loop.processor, self.cfg.max_pixels)
         self.traj = Trajectory.start(sample.id, sample.question, sample.answers, sample.image,
                                      version=self.cfg.prompt_version, limits=self.cfg.limits,
                                      image_size=frame.size)
         # boxes are in the frame only where the prompt version states it (v2/t2); v1/t1: original pixels
         self.frame = frame if stated_size(self.traj.messages[1]["content"][1]["text"]) else None
-        loop.images[sha256_of(sample.image)] = sample.image
+        loop.images[key] = sample.image
         self.protocol = ProtocolState(limits=self.cfg.limits)
         processor = loop.processor
-        self.conv = (TokenConversation.start(processor, self.traj.messages, [self.pil])
+        self.conv = (TokenConversation.start(processor, self.traj.messages, [self.pil], loop.prompts, key)
                      if processor is not None else None)
         self.state = State.GENERATING
         self.pending: tuple[str, Action] | None = None
@@ -243,6 +244,16 @@ class AgentLoop:
         self.processor = processor if processor is not None else getattr(generator, "processor", None)
         self.images: dict[str, bytes] = {}
         self.batcher: Batcher = Batcher(generator)
+        # per run: the G generations of a prompt share its image, decoded and prepared once
+        self.prompts = PromptEncoder(self.processor) if self.processor is not None else None
+        self._decoded: dict[str, Image.Image] = {}
+
+    def decoded(self, key: str, image: bytes) -> Image.Image:
+        """The RGB image of ``image`` bytes (sha256 ``key``), decoded once per run; read-only."""
+        pil = self._decoded.get(key)
+        if pil is None:
+            pil = self._decoded[key] = Image.open(io.BytesIO(image)).convert("RGB")
+        return pil
 
     @classmethod
     def from_settings(cls, generator: Generator, tools: Any, settings: Any, **overrides: Any) -> AgentLoop:
@@ -278,9 +289,13 @@ class AgentLoop:
             bar.update(1)
             return traj
 
+        self._decoded.clear()
+        if self.processor is not None:
+            self.prompts = PromptEncoder(self.processor)
         try:
             trajectories = await asyncio.gather(*(one(s) for s in samples))
         finally:
+            self._decoded.clear()
             if lockstep:
                 self.batcher.finish()
             await self.batcher.aclose()

@@ -197,6 +197,10 @@ class ToolsSettings(_Section):
     backend_concurrency: int = Field(
         16, ge=1, description="Calls in flight at once per backend (local index, web API, summariser)."
     )
+    image_search_threads: int = Field(
+        1, ge=1, le=64, description="Local image searches run at once in one server process, each start to "
+        "finish (decode, crop, search). They are CPU-bound numpy and Python under one GIL: interleaving a burst "
+        "of them made every one finish last. Scale with `workers`; raise it only with more cores than workers.")
     workers: int = Field(
         1, ge=1, le=64, description="Server processes of `dmms tools serve` (uvicorn workers) sharing the port. "
         "Each loads the index (tantivy and the image arrays are memory-mapped, so their pages are shared); "

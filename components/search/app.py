@@ -16,6 +16,7 @@ input. The index is loaded in the background at start-up, so ``/healthz`` answer
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -148,17 +149,65 @@ def app_from_env() -> FastAPI:
     """The app the environment's settings describe: what each worker of a multi-process
     ``dmms tools serve`` runs (``uvicorn components.search.app:app_from_env --factory``)."""
     settings = load_settings()
-    return create_app(settings, settings.tools.index)
+    return create_app(settings, settings.tools.index, serving=True)
+
+
+def single_threaded_math() -> None:
+    """One BLAS thread per request thread in a serving process (``create_app(serving=True)``).
+
+    Why: a server runs many requests at once (a thread pool per worker, several workers), and each
+    search's matrix products are small (a query against the window vectors of a shard, the
+    verification thumbnails), so OpenBLAS's own thread team only wakes up to fight the other
+    requests for the same cores: on 2 busy cores an image search of the rollout benchmark's index
+    took 31 ms with 2 BLAS threads and 13 ms with one (its (2146 x 192) @ (192 x 2) product: 7.7 ms
+    against 0.09 ms). Only for serving processes: an in-process
+    app shares its process with callers whose numpy may want every core. FAISS queries already run
+    single-threaded (``components/search/image_ann.py``).
+    """
+    import numpy  # noqa: F401 - loads OpenBLAS: threadpoolctl limits only the libraries already loaded
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def warm_up(index: LoadedIndex) -> None:
+    """One text and one image search before a serving process reports ready, so its first requests
+    do not pay for first-time work (thread start-up, pages of the memory-mapped index read in,
+    first calls): a fresh worker's first crop search took 89 ms against 15-20 ms for the next ones,
+    in the middle of the rollout benchmark's first burst. Nothing is cached or counted."""
+    from PIL import Image
+
+    index.text.search("warm up", 1)
+    if index.image is not None and len(index.image):
+        index.image.search(Image.new("RGB", (64, 48), (120, 90, 60)), 1)
+
+
+def freeze_long_lived() -> None:
+    """Move everything alive now out of the garbage collector's sight (a serving process, after
+    its index is loaded). Why: the modules, the app and the index live as long as the process, yet
+    every full collection walked them again — 70-134 ms with the event loop stopped, once every
+    few seconds under load (python -m bench.search_text: the requests in flight then all waited).
+    Called again after a reload, after collecting what the old index left in cycles."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(settings: Settings, index_dir: str | Path | None = None, *,
-               index: LoadedIndex | None = None) -> FastAPI:
-    """The app serving ``index_dir`` (loaded at start-up) or an already loaded ``index``."""
+               index: LoadedIndex | None = None, serving: bool = False) -> FastAPI:
+    """The app serving ``index_dir`` (loaded at start-up) or an already loaded ``index``.
+
+    ``serving``: this process only serves (``dmms tools serve``): one BLAS thread
+    (:func:`single_threaded_math`) and long-lived objects frozen out of the collector
+    (:func:`freeze_long_lived`) once the index is loaded; not for apps inside other processes."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         t = settings.tools
+        app.state.serving = serving
+        if serving:
+            single_threaded_math()
         cache = open_cache(t.cache_url, ttl_s=t.cache_ttl_s, max_entries=t.cache_max_entries,
                            prefix=t.cache_prefix)
         text_backend, image_backend = _make_backends(settings)
@@ -172,7 +221,9 @@ def create_app(settings: Settings, index_dir: str | Path | None = None, *,
         app.state.reload_lock = asyncio.Lock()
         tasks = []
         if app.state.index_source is not None:
-            tasks.append(asyncio.create_task(_load(service, app.state.index_source, settings)))
+            tasks.append(asyncio.create_task(_load(service, app.state.index_source, settings, serving)))
+        elif serving:
+            freeze_long_lived()
             if t.index_poll_s > 0:  # follow the alias: a rebuilt index is served without a restart
                 tasks.append(asyncio.create_task(_poll(app, settings, t.index_poll_s)))
         try:
@@ -193,11 +244,19 @@ def create_app(settings: Settings, index_dir: str | Path | None = None, *,
     return app
 
 
-async def _load(service: SearchService, index_dir: str, settings: Settings) -> None:
+async def _load(service: SearchService, index_dir: str, settings: Settings, serving: bool = False) -> None:
     try:
-        service.index = await asyncio.to_thread(load_index, index_dir, settings)
+        loaded = await asyncio.to_thread(load_index, index_dir, settings)
     except Exception:
         log.exception("could not load the index %s; /readyz stays 503", index_dir)
+        return
+    if serving:
+        try:
+            await asyncio.to_thread(warm_up, loaded)
+        except Exception:  # a warm-up must never keep a loaded index from being served
+            log.exception("warming up %s failed; serving it cold", index_dir)
+        freeze_long_lived()  # before /readyz says ready: the one full collection pauses no request
+    service.index = loaded
 
 
 async def reload_index(app: FastAPI, settings: Settings) -> dict[str, Any]:
@@ -216,6 +275,8 @@ async def reload_index(app: FastAPI, settings: Settings) -> dict[str, Any]:
         fresh = await asyncio.to_thread(load_index, source, settings)
         service.index = fresh  # one reference assignment: atomic for every request that starts after it
         log.info("index reloaded: %s -> %s (%s)", current, fresh.version, fresh.uri)
+        if getattr(app.state, "serving", False):
+            freeze_long_lived()
         return {"reloaded": True, "version": fresh.version, "uri": fresh.uri, "previous": current}
 
 
@@ -232,15 +293,38 @@ async def _poll(app: FastAPI, settings: Settings, every_s: float) -> None:
 
 
 def _install_metrics_middleware(app: FastAPI, metrics: Metrics) -> None:
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Any) -> Response:
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+
+class MetricsMiddleware:
+    """Count every request and time it, by route and status (``/metrics``).
+
+    A plain ASGI middleware, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware runs
+    each request through a task group and memory streams, a noticeable share of a text search's
+    CPU under load (python -m bench.search_text). A request that raised counts as 500."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")  # set by the router as it routes
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
 
 def _service(request: Request) -> SearchService:

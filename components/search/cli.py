@@ -23,14 +23,16 @@ from components.common.settings import load_settings
 log = logging.getLogger(__name__)
 
 
-def _tcp_socket(host: str, port: int) -> socket.socket:
-    """The listening socket the workers share, created as TCP explicitly: uvicorn's own
-    (``socket.socket(family)``, protocol 0) makes asyncio skip TCP_NODELAY on every accepted
-    connection, and Nagle's algorithm then holds each response ~40 ms (measured: /healthz 44 ms at
-    2 workers against 0.8 ms at 1)."""
+def _tcp_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening socket, created as TCP explicitly: uvicorn's own (``socket.socket(family)``,
+    protocol 0) makes asyncio skip TCP_NODELAY on every accepted connection, and Nagle's algorithm
+    then holds each response ~40 ms (measured: /healthz 44 ms at 2 workers against 0.8 ms at 1).
+    ``reuse_port``: one of several sockets on the same port (SO_REUSEPORT), see :class:`_OwnSocketWorkers`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -38,6 +40,33 @@ def _tcp_socket(host: str, port: int) -> socket.socket:
         raise SystemExit(f"error: cannot listen on {host}:{port} ({exc}); set DMMS_TOOLS__HOST / DMMS_TOOLS__PORT") from None
     sock.set_inheritable(True)
     return sock
+
+
+def _own_socket_workers(config: object, host: str, port: int) -> object:
+    """uvicorn's worker supervisor, with each worker given its OWN listening socket on the port.
+
+    Why: with one shared socket every idle worker wakes for a new connection and asyncio accepts all
+    that are pending at once, so a burst of connections (a client opening its pool: the agent loop's
+    32 trajectories) went mostly to one worker (CPU split 0.59 s / 0.16 s in bench/rollout.py), and
+    keep-alive pins each client to its worker. With SO_REUSEPORT sockets the kernel spreads new
+    connections over the workers' sockets by address hash. A restarted worker gets a fresh socket;
+    the parent's copy of a dead worker's socket closes with its process object. Sockets are
+    made where uvicorn asks for them (its ``sockets`` attribute, read once per worker it starts).
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    class OwnSocketWorkers(Multiprocess):
+        @property
+        def sockets(self) -> list[socket.socket]:
+            return [_tcp_socket(host, port, reuse_port=True)]
+
+        @sockets.setter
+        def sockets(self, _value: list[socket.socket]) -> None:
+            pass
+
+    # the port is checked (and refused with a message) before any worker starts
+    _tcp_socket(host, port, reuse_port=True).close()
+    return OwnSocketWorkers(config, sockets=[])
 
 
 def register(app: typer.Typer) -> None:
@@ -80,18 +109,16 @@ def register(app: typer.Typer) -> None:
         log.info("tool-server on http://%s:%d serving %s (%d worker%s)", t.host, t.port, t.index,
                  t.workers, "s" if t.workers > 1 else "")
         if t.workers == 1:
-            uvicorn.run(create_app(settings, t.index), host=t.host, port=t.port, log_config=None,
+            uvicorn.run(create_app(settings, t.index, serving=True), host=t.host, port=t.port, log_config=None,
                         timeout_graceful_shutdown=10)
             return
         # N processes: each builds its app from the environment (the flags are passed on through it),
         # and Prometheus counts in a shared folder so /metrics adds up every worker
         os.environ.update({"DMMS_TOOLS__INDEX": t.index, "DMMS_TOOLS__HOST": t.host, "DMMS_TOOLS__PORT": str(t.port)})
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="dmms-metrics-"))
-        from uvicorn.supervisors import Multiprocess
-
         config = uvicorn.Config("components.search.app:app_from_env", factory=True, workers=t.workers,
                                 host=t.host, port=t.port, log_config=None, timeout_graceful_shutdown=10)
-        Multiprocess(config, sockets=[_tcp_socket(t.host, t.port)]).run()
+        _own_socket_workers(config, t.host, t.port).run()
 
     @tools_app.command("ground-serve")
     def ground_serve(

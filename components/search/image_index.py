@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -52,6 +54,7 @@ SHARD_WINDOWS = 1 << 18  # ~200 MB of float32 descriptors a shard: the most a bu
 ANN_MIN_WINDOWS = 500_000  # below this brute force is exact and takes milliseconds (64k windows: a 50 MB scan)
 ANN_WINDOWS = 512  # windows the ANN returns per query descriptor; they name the candidate images
 PARALLEL_MIN_IMAGES = 2000  # below this a process pool costs more than it saves
+SAT_CACHE = 256  # summed-area tables of verified images kept (~0.15 MB each)
 
 
 class ImageIndexError(ValueError):
@@ -103,6 +106,9 @@ class ImageIndex:
         for arr in (*self.shards, boxes, starts, grey, sizes):
             arr.setflags(write=False)
         self.shard_starts = np.cumsum([0] + [len(s) for s in self.shards])  # first window of each shard
+        # summed-area tables of recently verified corpus images (see _grey_sat), most recent last
+        self._sats: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._sats_lock = threading.Lock()
         self.windows = int(self.shard_starts[-1])
         self.ends = np.append(starts[1:], self.windows)
         # the images of each shard: shard k holds images [image_cut[k], image_cut[k+1])
@@ -274,10 +280,29 @@ class ImageIndex:
             wi, qi = np.unravel_index(int(np.argmax(scores)), scores.shape)
             sw, sh = (int(v) for v in self.sizes[c])
             box = tuple(float(v) for v in self.boxes[int(self.starts[c]) + wi])
-            thumbs = F.verify_thumbs(F.summed_area(self.grey[c, :sh, :sw]), (sw, sh), _refined(box))
+            thumbs = F.verify_thumbs(self._grey_sat(int(c), sw, sh), (sw, sh), _refined(box))
             ncc = float((thumbs @ qthumbs[qi]).max())
             out[i] = (1 - VERIFY_WEIGHT) * float(scores[wi, qi]) + VERIFY_WEIGHT * ncc
         return out
+
+
+    def _grey_sat(self, c: int, sw: int, sh: int) -> np.ndarray:
+        """The summed-area table of corpus image ``c``'s grey work image, kept for the last
+        :data:`SAT_CACHE` images verified. Why: the G generations of a GRPO prompt search the same
+        image (whole or cropped), so they verify the same candidates; a table is ~0.15 MB, and
+        computing it was about a third of a verification (python -m bench.rollout)."""
+        with self._sats_lock:
+            sat = self._sats.get(c)
+            if sat is not None:
+                self._sats.move_to_end(c)
+                return sat
+        sat = F.summed_area(self.grey[c, :sh, :sw])
+        sat.setflags(write=False)
+        with self._sats_lock:
+            self._sats[c] = sat
+            while len(self._sats) > SAT_CACHE:
+                self._sats.popitem(last=False)
+        return sat
 
 
 def _write_shard(folder: Path, k: int, parts: list[np.ndarray]) -> str:

@@ -3,9 +3,11 @@
 Why separate from the app: the routes only parse and render; this class does the work, so the
 in-process client, tests and benchmarks drive exactly what the server runs.
 
-- LOCAL backends (tantivy text index, reverse-image index) run in a thread pool so the event loop
-  stays responsive; ``DMMS_TOOLS__SIMULATED_LATENCY_MS`` is added to them to model web latency in
-  benchmarks (0 by default).
+- LOCAL backends: the reverse-image index runs in a thread pool so the event loop stays
+  responsive; the tantivy text index (a search with snippets ~0.3 ms, stored pages ~20 us each)
+  runs on the event loop, where it costs less than a thread hop. ``DMMS_TOOLS__SIMULATED_LATENCY_MS``
+  is added to both to model web latency in benchmarks (0 by default), slept outside the backend's
+  semaphore (a network wait uses no thread).
 - WEB backends and the summariser are upstream calls: a per-backend semaphore, failures → 502,
   counted in ``/metrics``; they retry per the project's one policy (components/common/retry.py).
 - ONE DEADLINE per request (``DMMS_TOOLS__DEADLINE_S``), everything included — search, page
@@ -23,6 +25,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -31,6 +34,11 @@ from PIL import Image
 from components.common.settings import Settings
 from components.search.cache import Cache, CachedCompute, cache_key
 from components.search.errors import BadRequest, ToolServerError, UpstreamError, UpstreamTimeout
+from components.search.grounding import GroundingError, crop_region, needs_grounder
+
+# imported with the service, not on the first crop search: its imports (httpx, ...) took ~85 ms with
+# the event loop stopped, in every worker, in the middle of the rollout benchmark's first burst
+from components.search.grounding_service import GroundingUnavailable
 from components.search.imaging import decode_b64, open_image, to_png
 from components.search.index import LoadedIndex
 from components.search.metrics import Metrics
@@ -61,6 +69,7 @@ class SearchService:
         n = settings.tools.backend_concurrency
         self._sems = {name: asyncio.Semaphore(n)
                       for name in (self.text_name, self.image_name, "summariser", "grounding", "page_fetch")}
+        self._image_lane = ThreadPoolExecutor(settings.tools.image_search_threads, thread_name_prefix="image-search")
 
     @property
     def ready(self) -> bool:
@@ -72,13 +81,22 @@ class SearchService:
             close = getattr(part, "aclose", None)
             if close is not None:
                 await close()
+        self._image_lane.shutdown(wait=False)
 
     # ---- running backends ----------------------------------------------------------------------
-    async def _local(self, backend: str, fn: Callable[..., T], *args: Any) -> T:
+    async def _local(self, backend: str, fn: Callable[..., T], *args: Any, inline: bool = False) -> T:
+        """``fn(*args)`` of a local index under the backend's semaphore: in a thread, or ``inline`` on
+        the event loop for work shorter than a thread hop costs (a text search: see ``_text_hits``)."""
+        # The simulated latency stands for a web API's network wait, which holds no CPU and no
+        # thread: it is slept BEFORE taking the semaphore, which bounds the index work queued on the
+        # thread pool. Slept inside it, 17+ concurrent requests on one worker (tools.backend_concurrency
+        # 16) waited a whole extra latency each (bench/rollout.py: 32 trajectories, 2 workers).
+        if self.settings.tools.simulated_latency_ms:
+            await asyncio.sleep(self.settings.tools.simulated_latency_ms / 1000)
         async with self._sems[backend]:
             self.metrics.backend_calls.labels(backend).inc()
-            if self.settings.tools.simulated_latency_ms:
-                await asyncio.sleep(self.settings.tools.simulated_latency_ms / 1000)
+            if inline:
+                return fn(*args)
             return await asyncio.to_thread(fn, *args)
 
     async def _upstream(self, backend: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -124,7 +142,12 @@ class SearchService:
         if self.text_backend is None:
             if index is None:
                 raise ToolServerError("no index loaded", code="not_ready", status=503)
-            return await self._local(self.text_name, index.text.search, query, top_k)
+            # inline: a tantivy search with its snippets takes ~0.3 ms, mostly Python (the snippets),
+            # so a thread adds no parallelism, only hops and GIL hand-offs with the event loop
+            # (up to the 5 ms switch interval each): under 32 concurrent requests the thread pool's
+            # share of the tool-server's CPU was ~20 % and its latency tail 2-3x the median
+            # (python -m bench.search_text)
+            return await self._local(self.text_name, index.text.search, query, top_k, inline=True)
         # web backends retry per the shared policy on their own (tools.web_max_retries)
         return await self._upstream(self.text_name, lambda: self.text_backend.search(query, top_k))
 
@@ -159,7 +182,7 @@ class SearchService:
             return list(await asyncio.gather(*(self._web_page(h) for h in hits)))
         if index is None:
             return [h.snippet for h in hits]
-        docs = await asyncio.to_thread(lambda: [index.text.get(h.doc_id) for h in hits])
+        docs = [index.text.get(h.doc_id) for h in hits]  # ~20 us each: inline, as the search
         return [(d or {}).get("text") or h.snippet for d, h in zip(docs, hits, strict=True)]
 
     async def _web_page(self, hit: TextHit | ImageHit) -> str:
@@ -203,6 +226,9 @@ class SearchService:
         index = self.index  # one version for the whole request
 
         async def compute() -> str:
+            if self.image_backend is None and self.grounder is None and index is not None and index.image:
+                hits, box, note = await self._on_image_lane(data, region, top_k, index)
+                return json.dumps({"hits": [h.model_dump() for h in hits], "crop_box": box, "note": note})
             image = await asyncio.to_thread(open_image, data, tools.max_image_pixels)
             crop, box, note = image, None, None
             if region is not None:
@@ -227,9 +253,6 @@ class SearchService:
                     ) -> tuple[Image.Image, list[int] | None, str | None]:
         """(crop, its box, None); a referring expression nobody can locate — no grounding model or
         service, or the service failing — is searched as the whole image: (image, None, a note)."""
-        from components.search.grounding import GroundingError, crop_region, needs_grounder
-        from components.search.grounding_service import GroundingUnavailable
-
         async with self._sems["grounding"]:
             try:
                 crop, box = await asyncio.to_thread(crop_region, image, region, self.grounder)
@@ -244,6 +267,36 @@ class SearchService:
         return crop, [int(v) for v in box], None
 
     grounder: Any = None  # a referring-expression grounder (GroundingDINO) when configured
+
+    async def _on_image_lane(self, data: bytes, region: str | list[float] | None, top_k: int,
+                             index: LoadedIndex) -> tuple[list[ImageHit], list[int] | None, str | None]:
+        """A local image search (no grounding model to call) in ONE hop to the image lane
+        (``tools.image_search_threads``), start to finish. Why: in four hops on the shared thread
+        pool a burst of searches advanced stage by stage, GIL-interleaved, and all 15 of a worker's
+        share of the rollout benchmark's first burst finished together ~0.2 s after their (simulated)
+        web wait; run to completion in arrival order, the first answers leave first."""
+        if self.settings.tools.simulated_latency_ms:  # as in _local: a network wait holds no lane
+            await asyncio.sleep(self.settings.tools.simulated_latency_ms / 1000)
+        async with self._sems[self.image_name]:
+            self.metrics.backend_calls.labels(self.image_name).inc()
+            return await asyncio.get_running_loop().run_in_executor(
+                self._image_lane, self._image_work, data, region, top_k, index)
+
+    def _image_work(self, data: bytes, region: str | list[float] | None, top_k: int,
+                    index: LoadedIndex) -> tuple[list[ImageHit], list[int] | None, str | None]:
+        """(image lane) decode, crop (a box or a spatial phrase; a referring expression is searched as
+        the whole image with a note, as :meth:`_crop` does without a grounder), search, hit rows."""
+        image = open_image(data, self.settings.tools.max_image_pixels)
+        crop, box, note = image, None, None
+        if region is not None:
+            try:
+                crop, ibox = crop_region(image, region, None)
+                box = [int(v) for v in ibox]
+            except GroundingError as exc:
+                if not needs_grounder(region):
+                    raise BadRequest(str(exc), code="bad_region", status=422) from None
+                note = _whole_image_note(region, "no grounding model is configured")
+        return self._image_hit_rows(index.image.search(crop, top_k), index), box, note
 
     async def _image_hits(self, image: Image.Image, top_k: int, index: LoadedIndex | None) -> list[ImageHit]:
         if self.image_backend is not None:

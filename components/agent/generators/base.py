@@ -75,7 +75,8 @@ class Batcher:
     ``submit`` enqueues a request and awaits its output. A single worker task waits for the first
     request, then lets the event loop settle (yields until no new request arrived for
     ``settle_rounds`` iterations, so every trajectory that is ready can enqueue) and, with
-    ``window_s`` > 0, keeps collecting for at most that long while requests still arrive: the
+    ``window_s`` > 0, keeps collecting while requests still arrive — never longer than ``window_s``
+    in all (past it, after ``settle_rounds`` iterations, even while requests keep arriving): the
     trajectories whose tool calls return a moment later join this batch instead of each starting
     a batch of one (tool latencies differ, so after the first round they return one by one). It
     then calls the backend once with up to ``max_batch`` requests. Tool calls keep running
@@ -100,16 +101,23 @@ class Batcher:
         return await fut
 
     async def _settle(self) -> None:
-        quiet, seen = 0, -1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.window_s  # the whole collection, settling included
+        quiet, seen, rounds = 0, -1, 0
         while quiet < self.settle_rounds and len(self._queue) < self.max_batch:
             await asyncio.sleep(0)
+            rounds += 1
             quiet = quiet + 1 if len(self._queue) == seen else 0
             seen = len(self._queue)
+            if rounds >= self.settle_rounds and loop.time() >= deadline:
+                # a request on every iteration is a stream (tool results parsed one after another),
+                # not one burst: waiting for a quiet iteration held the first ones until the last
+                # arrived (bench/rollout.py: 30 trajectories held ~170 ms behind the slowest image search)
+                break
         if self.window_s <= 0:
             return
         # the window: wait in short slices while the batch still grows, never past window_s
-        loop = asyncio.get_running_loop()
-        deadline, step = loop.time() + self.window_s, self.window_s / 4
+        step = self.window_s / 4
         while len(self._queue) < self.max_batch and loop.time() < deadline:
             before = len(self._queue)
             await asyncio.sleep(min(step, max(0.0, deadline - loop.time())))

@@ -8,6 +8,7 @@ Run: ``.venv/bin/python -m pytest -q tests/unit/agent/test_generators.py``.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -230,3 +231,26 @@ async def test_the_batching_window_gathers_requests_that_arrive_a_moment_apart(t
     bare = ScriptedGenerator(fixed_turns([ANSWER]), processor)
     await staggered(Batcher(bare, max_batch=8, window_s=0.0))
     assert bare.calls == [1, 1, 1]
+
+
+async def test_a_steady_stream_of_requests_is_cut_into_batches_at_the_window(tiny):
+    """Tool results are parsed one after another, so a request can arrive on EVERY event-loop
+    iteration for a while: the first ones must not wait for the last (the window bounds the whole
+    collection), while a burst that is ready at once still makes one batch."""
+    _, processor = tiny
+
+    async def stream(batcher, n):
+        async def one(k):
+            for _ in range(k):  # arrive on the k-th iteration of the event loop ...
+                await asyncio.sleep(0)
+            time.sleep(0.001)  # ... after some work of its own (blocking, as parsing a tool result is)
+            return await batcher.submit(GenRequest(messages=[], stop=STOP_STRINGS))
+        return await asyncio.gather(*(one(k) for k in range(n)))
+
+    gen = ScriptedGenerator(fixed_turns([ANSWER]), processor)
+    await stream(Batcher(gen, max_batch=64, window_s=0.005), 60)
+    assert sum(gen.calls) == 60 and len(gen.calls) > 1 and gen.calls[0] < 30
+    burst = ScriptedGenerator(fixed_turns([ANSWER]), processor)
+    batcher = Batcher(burst, max_batch=64, window_s=0.005)
+    await asyncio.gather(*(batcher.submit(GenRequest(messages=[], stop=STOP_STRINGS)) for _ in range(40)))
+    assert burst.calls == [40]

@@ -18,11 +18,12 @@ from components.agent.models import load_model_and_processor
 from components.agent.protocol import ActionKind, EndReason, Limits
 from components.agent.rollout import to_rollout_output
 from components.agent.tiny import build_tiny_model
-from components.agent.trajectory import format_score
+from components.agent.tokens import PromptEncoder, encode_prompt
+from components.agent.trajectory import Trajectory, format_score, sha256_of
 from components.common.settings import load_settings
 from components.search.client import ToolClient
 from tests.support import free_port
-from tests.unit.agent.loop_support import CountingTools, pil, samples
+from tests.unit.agent.loop_support import CountingTools, pil, png, samples
 
 CROP = "<reason>The sign matters.</reason>\n<img_search>[10, 20, 120, 140]</img_search>"
 WHOLE = "<reason>What is it?</reason>\n<img_search><img></img_search>"
@@ -58,6 +59,24 @@ def _runs(mask: list[int], ids: list[int]) -> list[tuple[int, list[int]]]:
         else:
             out.append((m, [t]))
     return out
+
+
+def test_prompts_sharing_an_image_reuse_its_tensors_with_their_own_ids(processor):
+    """The G generations of a prompt share its image: the processor prepares it once, and every
+    prompt's ids (its own question) are still exactly the processor's tokenisation."""
+    encoder = PromptEncoder(processor)
+    data = {seed: png(seed) for seed in (1, 2)}
+    got = {}
+    for i, (seed, question) in enumerate([(1, "Who built this?"), (1, "Which city is this in? (variant 7)"),
+                                          (2, "Who built this?"), (1, "When?")]):
+        messages = Trajectory.start(f"s{i}", question, image=data[seed], version="t2", image_size=(112, 112)).messages
+        ids, mm = encoder.encode(messages, [pil(data[seed])], sha256_of(data[seed]))
+        want_ids, want_mm = encode_prompt(processor, messages, [pil(data[seed])])
+        assert ids == want_ids
+        assert mm.keys() == want_mm.keys() and all((mm[k] == want_mm[k]).all() for k in mm)
+        got.setdefault(seed, []).append(mm)
+    assert all(mm["pixel_values"] is got[1][0]["pixel_values"] for mm in got[1])  # prepared once
+    assert got[2][0]["pixel_values"] is not got[1][0]["pixel_values"]
 
 
 @pytest.mark.parametrize("eos", [True, False], ids=["stops-on-eos", "stops-on-stop-string"])
